@@ -1,0 +1,193 @@
+"""The ``mcgraph`` command line.
+
+Each subcommand is registered by a small function ``add_<name>_command(subparsers)`` listed in
+`SUBCOMMANDS`; it adds its parser and sets ``func`` (``args -> exit code``) as a default. To add one,
+write such a function (here or in another module) and append it to `SUBCOMMANDS`. Registration must stay
+cheap: import heavy modules (torch, onnx, diffusers) inside ``func``, never at the top of this file, so
+``mcgraph --help`` is instant.
+
+Exit codes: 0 success, 1 runtime error (a one-line message on stderr), 2 usage error (argparse's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["SUBCOMMANDS", "HelpFormatter", "UsageError", "build_parser", "main", "version"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Raised by a subcommand for invalid option values found after parsing (exit code 2)."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("mcgraph")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" except where there is nothing useful to show (None, flags)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def add_demo_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="generate a sprite video with the bundled reference model",
+        description=(
+            "Generate a video with the bundled reference DiT and the diffusion-forcing sampler (no cache), "
+            "and write DIR/demo.gif and DIR/demo_strip.png (frames side by side; when the scene comes from "
+            "--seed, a second row shows a rendering of that scene for comparison). The defaults make a "
+            "28-frame video in two windows of 16 frames that overlap by 4."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="output folder")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="scene (without --label) and noise seed")
+    p.add_argument(
+        "--label",
+        default=None,
+        metavar="IDS",
+        help="condition on these label ids (comma separated, padded with 0) instead of a random scene from --seed",
+    )
+    p.add_argument("--frames", type=_positive_int, default=28, help="frames to generate")
+    p.add_argument("--window", type=_positive_int, default=16, metavar="FRAMES", help="frames per window")
+    p.add_argument(
+        "--overlap", type=_nonnegative_int, default=4, metavar="FRAMES",
+        help="history frames carried into the next window (a multiple of the model's causal block size)",
+    )
+    p.add_argument("--steps", type=_positive_int, default=50, help="denoising steps per chunk")
+    p.add_argument("--ar-step", type=_nonnegative_int, default=4, help="rows by which each chunk lags the previous one")
+    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1: no CFG)")
+    p.add_argument("--shift", type=float, default=2.0, help="timestep shift")
+    p.add_argument(
+        "--addnoise", type=float, default=20.0, metavar="T",
+        help="re-noise the history frames to timestep T (noise factor T/1000); 0 disables",
+    )
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE", help="weights file (default: bundled)")
+    p.add_argument("--threads", type=_nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--gif-scale", type=_positive_int, default=4, help="GIF upscale factor (nearest)")
+    p.add_argument("--fps", type=float, default=8.0, help="GIF frame rate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import DemoSettingsError, parse_label, run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        label = parse_label(args.label) if args.label is not None else None
+        result = run_demo(
+            args.out,
+            seed=args.seed,
+            label=label,
+            frames=args.frames,
+            window_frames=args.window,
+            overlap_frames=args.overlap,
+            ar_step=args.ar_step,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            shift=args.shift,
+            addnoise_condition=args.addnoise,
+            weights=args.weights,
+            progress=not args.no_progress,
+            gif_scale=args.gif_scale,
+            fps=args.fps,
+        )
+    except DemoSettingsError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {result.gif} and {result.strip}")
+    print(
+        f"{result.frames} frames in {result.segments} window(s), {result.rows} rows, "
+        f"{result.model_calls} model calls, wall time {result.wall_time_s:.2f} s"
+    )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+SUBCOMMANDS: list[Callable] = [add_demo_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcgraph",
+        description="MotionCache as a graph compiler: motion-aware token caching for video diffusion transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    prog = f"{parser.prog} {args.command}"
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a clear one-line message instead of a traceback; MCGRAPH_DEBUG=1 shows it
+        import os
+
+        if os.environ.get("MCGRAPH_DEBUG"):
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

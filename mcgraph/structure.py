@@ -1,0 +1,126 @@
+"""What the analyses find: per-node facts live in `node.meta` under the keys below; the graph-level summary
+(`ModelStructure`) is kept in `graph_module.meta[STRUCTURE]` and filled in by each analysis in turn."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch.fx
+
+# node.meta keys
+TOKEN_DIMS = "mcgraph.token_dims"  # tuple[int, ...]: dims of this value that are the hidden stream's token axis
+BLOCK = "mcgraph.block"  # int: index of the repeated block this node belongs to
+ATTENTION = "mcgraph.attention"  # AttentionSite, on the attention call node
+MODULATION = "mcgraph.modulation"  # ModulationInput, on timestep-dependent values entering the blocks
+# graph_module.meta key
+STRUCTURE = "mcgraph.structure"
+
+
+@dataclass
+class AttentionSite:
+    node: str
+    kind: str  # "self" | "cross"
+    module: str
+    block: int | None
+    q_proj: str | None
+    k_proj: str | None
+    v_proj: str | None
+    query_input: str | None  # the value the Q projection reads
+    kv_input: str | None  # the value the K/V projections read
+    mask: str | None
+    query_len: str
+    kv_len: str
+
+
+@dataclass
+class BlockInfo:
+    index: int
+    module: str
+    module_class: str
+    stream_input: str  # residual-stream value entering the block
+    stream_output: str  # residual-stream value leaving the block
+    nodes: list[str] = field(repr=False, default_factory=list)
+    external_inputs: list[str] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class ModulationInput:
+    node: str
+    per_token: bool  # True when it varies per token (one timestep per frame: diffusion forcing)
+    shape: str
+    sources: list[str]  # graph inputs it depends on
+    blocks: list[int]  # blocks that read it
+
+
+@dataclass
+class TokenGrid:
+    frames: str
+    height: str
+    width: str
+    example: tuple[int, int, int]
+    patch_size: tuple[int, ...]
+    patch_embed: str  # node producing [B, D, F, H, W]
+    latent_input: str | None
+
+
+@dataclass
+class ModelStructure:
+    model_class: str
+    token_count: str | None = None
+    token_count_example: int | None = None
+    token_axis_exact: bool = False
+    token_values: list[str] = field(default_factory=list)
+    grid: TokenGrid | None = None
+    attention: list[AttentionSite] = field(default_factory=list)
+    blocks: list[BlockInfo] = field(default_factory=list)
+    modulation: list[ModulationInput] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # graph input name -> role
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def self_attention(self) -> list[AttentionSite]:
+        return [a for a in self.attention if a.kind == "self"]
+
+    @property
+    def cross_attention(self) -> list[AttentionSite]:
+        return [a for a in self.attention if a.kind == "cross"]
+
+    def report(self) -> str:
+        """Human-readable summary, what `mcgraph inspect` prints."""
+        lines = [f"model: {self.model_class}"]
+        exact = "symbolic, exact" if self.token_axis_exact else "static sizes: matched by value"
+        lines.append(f"tokens: {self.token_count} (= {self.token_count_example} here; {exact})")
+        if self.grid:
+            g = self.grid
+            lines.append(
+                f"token grid: frames x height x width = {g.frames} x {g.height} x {g.width} "
+                f"(= {g.example[0]} x {g.example[1]} x {g.example[2]}), patch {g.patch_size}, "
+                f"patch embedding {g.patch_embed!r} reading input {g.latent_input!r}"
+            )
+        if self.inputs:
+            lines.append("inputs: " + ", ".join(f"{k} ({v})" for k, v in self.inputs.items()))
+        if self.blocks:
+            b0 = self.blocks[0]
+            lines.append(f"blocks: {len(self.blocks)} x {b0.module_class.rsplit('.', 1)[-1]} "
+                         f"({self.blocks[0].module} .. {self.blocks[-1].module}), residual stream "
+                         f"{b0.stream_input!r} -> {self.blocks[-1].stream_output!r}")
+        lines.append(f"attention sites: {len(self.self_attention)} self, {len(self.cross_attention)} cross")
+        for a in self.attention:
+            lines.append(f"  {a.kind:5s} {a.node} in {a.module or '<root>'} (block {a.block}): "
+                         f"q={a.q_proj} k={a.k_proj} v={a.v_proj} mask={a.mask} "
+                         f"len q={a.query_len} kv={a.kv_len}")
+        lines.append(f"modulation entering blocks: {len(self.modulation)}")
+        for m in self.modulation:
+            kind = "per-token" if m.per_token else "per-sample"
+            lines.append(f"  {m.node}: {kind} {m.shape} from {m.sources} -> blocks {m.blocks[:3]}"
+                         f"{'...' if len(m.blocks) > 3 else ''}")
+        lines.append(f"values carrying the token axis: {len(self.token_values)}")
+        return "\n".join(lines)
+
+
+def structure_of(gm: torch.fx.GraphModule) -> ModelStructure:
+    if STRUCTURE not in gm.meta:
+        gm.meta[STRUCTURE] = ModelStructure(model_class=gm.meta.get("mcgraph.model_class", type(gm).__name__))
+    return gm.meta[STRUCTURE]

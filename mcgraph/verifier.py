@@ -1,0 +1,39 @@
+"""The graph verifier, run after every pass by default.
+
+Checks what every pass relies on: the graph is well formed (fx lint: every use after its definition,
+one output), every computing node carries shape metadata (`val`), and there are no dangling nodes
+(pure nodes whose result nobody uses: a rewrite that forgot to reconnect something leaves exactly those).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from .errors import VerificationError
+
+
+def _needs_val(node: torch.fx.Node) -> bool:
+    if node.op not in ("call_function", "call_method", "call_module", "placeholder", "get_attr"):
+        return False
+    if node.op == "call_module" and str(node.target).startswith("_guards"):
+        return False  # export's input-shape guard check returns nothing
+    if node.op == "call_function" and node.is_impure():
+        return False  # asserts and in-place state updates return nothing worth describing
+    return True
+
+
+def verify_graph(gm: torch.fx.GraphModule, pass_name: str = "verifier") -> None:
+    """Raise VerificationError naming the pass and the offending node if an invariant is broken."""
+    try:
+        gm.graph.lint()
+    except Exception as exc:
+        raise VerificationError(pass_name, f"graph is malformed: {exc}") from exc
+    outputs = [n for n in gm.graph.nodes if n.op == "output"]
+    if len(outputs) != 1:
+        raise VerificationError(pass_name, f"graph must have exactly one output node, found {len(outputs)}")
+    for node in gm.graph.nodes:
+        if _needs_val(node) and "val" not in node.meta:
+            raise VerificationError(pass_name, "node has no shape metadata (meta['val'])", node)
+        if node.op == "call_function" and not node.users and not node.is_impure():
+            raise VerificationError(pass_name, "dangling node: its result is never used", node)

@@ -13,6 +13,7 @@ The torch.compile backend lowers dynamo's FX graph through the same function (`c
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +35,12 @@ class CapturedGraph:
     input_names: list[str]  # graph placeholder names of the flattened user inputs, in order
     capture_seconds: float
     dynamic: bool
+    static_key: tuple = ()  # the non-tensor arguments it was captured with (they are baked in)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, bound_inputs: dict[str, Any]):
+        """Run the graph on inputs bound by `bind_call`."""
+        return self.graph_module(**bound_inputs)
 
     @property
     def graph(self) -> torch.fx.Graph:
@@ -54,6 +60,33 @@ def _auto_dims(value: Any) -> Any:
     return None
 
 
+def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> dict[str, Any]:
+    """Name every argument of `model.forward` (defaults filled in), so positional and keyword calls of the
+    same inputs map to one calling convention: the graph is always called with keywords."""
+    sig = inspect.signature(model.forward)
+    try:
+        bound = sig.bind(*args, **(kwargs or {}))
+    except TypeError as exc:
+        raise CaptureError(f"{type(model).__name__}.forward{sig}: {exc}") from exc
+    bound.apply_defaults()
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise CaptureError(f"{type(model).__name__}.forward takes *{name}; mcgraph needs named inputs")
+        else:
+            out[name] = value
+    return out
+
+
+def static_key(bound: dict[str, Any]) -> tuple:
+    """The non-tensor part of a call, which export bakes into the graph as constants."""
+    return tuple((k, repr(v)) for k, v in bound.items() if not isinstance(v, torch.Tensor))
+
+
 def capture(
     model: torch.nn.Module,
     args: tuple = (),
@@ -64,29 +97,12 @@ def capture(
     """Capture `model(*args, **kwargs)` as an ATen graph with symbolic shapes.
 
     Requires: the model runs on the example inputs; avoid size-1 example dims you want symbolic (export
-    specialises 0/1 sizes, e.g. batch 1). Guarantees: the returned graph module takes the same arguments
-    as the model and returns the same structure, and checks input shapes against what it was captured for.
+    specialises 0/1 sizes, e.g. batch 1). Guarantees: the returned graph takes the model's inputs as
+    keywords (see `bind_call`), returns the same structure, and checks input shapes against its guards.
     """
-    kwargs = dict(kwargs or {})
-    args = tuple(args)
     name = type(model).__name__
-    dynamic_shapes = None
-    if dynamic:
-        dynamic_shapes = {}
-        import inspect
-
-        try:
-            params = list(inspect.signature(model.forward).parameters)
-        except (TypeError, ValueError):
-            params = []
-        # export wants dynamic_shapes keyed by the forward's parameter names; positional args map in order
-        if len(params) >= len(args) and not any(p in kwargs for p in params[: len(args)]):
-            for pname, value in zip(params, args):
-                dynamic_shapes[pname] = _auto_dims(value)
-            for key, value in kwargs.items():
-                dynamic_shapes[key] = _auto_dims(value)
-        else:
-            dynamic_shapes = None
+    bound = bind_call(model, tuple(args), kwargs)
+    dynamic_shapes = {k: _auto_dims(v) for k, v in bound.items()} if dynamic else None
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -94,14 +110,11 @@ def capture(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             _quiet_export_logs()
-            exported = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+            exported = torch.export.export(model, (), bound, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:  # export raises many types; one clear error names the model and the cause
-        if dynamic:
+        if dynamic and not _is_model_error(exc):
             # symbolic shapes are what makes analyses exact, but a static capture still beats no capture
-            try:
-                return _static_fallback(model, args, kwargs, name, exc)
-            except CaptureError:
-                pass
+            return _static_fallback(model, args, kwargs, name, exc)
         raise CaptureError(f"could not capture {name} with torch.export (non-strict): {type(exc).__name__}: {exc}") from exc
     finally:
         model.train(was_training)
@@ -111,7 +124,12 @@ def capture(
     gm.recompile()
     seconds = time.perf_counter() - start
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    return CapturedGraph(gm, name, inputs, seconds, dynamic=dynamic)
+    return CapturedGraph(gm, name, inputs, seconds, dynamic=dynamic, static_key=static_key(bound))
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    """The model itself rejected the inputs (its own ValueError etc.), as opposed to a tracing limitation."""
+    return isinstance(exc, (ValueError, TypeError, IndexError)) and "torch._dynamo" not in type(exc).__module__
 
 
 def _static_fallback(model, args, kwargs, name, first_error) -> CapturedGraph:

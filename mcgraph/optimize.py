@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .analysis import analyze
-from .capture import CapturedGraph, capture
+from .capture import CapturedGraph, bind_call, capture, static_key
 from .config import CacheConfig, NoCache
 from .errors import CaptureError, ConfigError
 from .structure import ModelStructure
@@ -58,10 +58,15 @@ class OptimizedModule(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         specs = self.__dict__["_specialisations"]
+        bound = bind_call(self.original_module, args, kwargs)
+        key = static_key(bound)
         guard_errors = []
         for captured, _ in reversed(specs):
+            if captured.static_key != key:
+                guard_errors.append(f"captured with {dict(captured.static_key)}, called with {dict(key)}")
+                continue
             try:
-                return captured.graph_module(*args, **kwargs)
+                return captured(bound)
             except AssertionError as exc:
                 if not _is_guard_failure(exc):
                     raise
@@ -76,7 +81,7 @@ class OptimizedModule(torch.nn.Module):
             raise CaptureError(f"inputs match no captured specialisation of {self.captured.model_class} "
                                f"({guard_errors[0]}) and capturing them failed: {exc}") from exc
         specs.append((captured, structure))
-        return captured.graph_module(*args, **kwargs)
+        return captured(bound)
 
     def __getattr__(self, name: str) -> Any:
         try:

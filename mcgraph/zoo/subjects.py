@@ -51,7 +51,7 @@ class Subject:
                 elif k == self.timestep_input and len(shape) == 2 and shape[1] == f0:
                     shape[1] = frames
             if v.dtype in (torch.long, torch.int64):
-                out[k] = torch.randint(0, 1000, shape, generator=g)
+                out[k] = torch.randint(0, int(v.max()) + 1, shape, generator=g)  # stay within the vocabulary
             elif k == self.timestep_input:
                 out[k] = torch.rand(shape, generator=g) * 1000
             else:

@@ -1,0 +1,16 @@
+"""Capture + analyse each subject once per test session (capture costs seconds)."""
+
+from __future__ import annotations
+
+import functools
+
+from mcgraph import capture
+from mcgraph.analysis import analyze
+from mcgraph.zoo.subjects import SUBJECTS
+
+
+@functools.lru_cache(maxsize=None)
+def analysed(name: str):
+    subject = SUBJECTS[name]()
+    captured = capture(subject.model, (), subject.kwargs)
+    return subject, captured, analyze(captured)

@@ -36,6 +36,7 @@ class CapturedGraph:
     capture_seconds: float
     dynamic: bool
     static_key: tuple = ()  # the non-tensor arguments it was captured with (they are baked in)
+    example_bound: dict | None = None  # the example inputs, by name (rewrites check their graphs on them)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, bound_inputs: dict[str, Any]):
@@ -124,7 +125,8 @@ def capture(
     gm.recompile()
     seconds = time.perf_counter() - start
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    return CapturedGraph(gm, name, inputs, seconds, dynamic=dynamic, static_key=static_key(bound))
+    return CapturedGraph(gm, name, inputs, seconds, dynamic=dynamic, static_key=static_key(bound),
+                         example_bound=bound)
 
 
 def _is_model_error(exc: BaseException) -> bool:

@@ -102,7 +102,10 @@ def add_demo_command(subparsers) -> None:
         help="re-noise the history frames to timestep T (noise factor T/1000); 0 disables",
     )
     p.add_argument("--weights", type=Path, default=None, metavar="FILE", help="weights file (default: bundled)")
-    p.add_argument("--threads", type=_nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_nonnegative_int, default=0,
+        help="torch CPU threads (0: torch's default; use 1 when other jobs share the cores)",
+    )
     p.add_argument("--gif-scale", type=_positive_int, default=4, help="GIF upscale factor (nearest)")
     p.add_argument("--fps", type=float, default=8.0, help="GIF frame rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -67,3 +67,92 @@ def require(condition: bool, config: CacheConfig, field: str, message: str) -> N
     """Validation helper: raise ConfigError('<Config>.<field> = <value>: <message>') unless condition holds."""
     if not condition:
         raise ConfigError(f"{type(config).__name__}.{field} = {getattr(config, field)!r}: {message}")
+
+
+MOTION_SOURCES = ("hidden", "latent", "clean")
+
+
+@dataclass(frozen=True)
+class ReuseConfig(CacheConfig):
+    """Fields shared by the caching policies.
+
+    threshold: reuse while the accumulated distance stays below it; 0 recomputes everything (exact).
+    warmup_steps: a token is computed at its first `warmup_steps` changed steps before any reuse.
+    force_final_step / final_timestep: always compute a token whose timestep t is in (0, final_timestep],
+        i.e. its final denoising step; set final_timestep to your schedule's last non-zero timestep
+        (`mcgraph.sampler.final_timestep(steps, shift)`); the default 50 fits 50 steps at shift <= 3.
+    chunk_frames: frames per chunk (the causal block); None reads the model config
+        (`causal_block_size` / `num_frame_per_block`), else 1.
+    capacity_buckets: None computes exactly the selected tokens (data-dependent count, eager); a tuple of
+        fractions of the token count gives static shapes for compile/export (top-k by score; extra tokens
+        are simply recomputed).
+    max_cache_bytes: refuse (before allocating) a cache state larger than this, per context.
+    """
+
+    policy: ClassVar[str] = "reuse"
+    threshold: float = 0.1
+    warmup_steps: int = 5
+    force_final_step: bool = True
+    final_timestep: float = 50.0
+    chunk_frames: int | None = None
+    capacity_buckets: tuple[float, ...] | None = None
+    max_cache_bytes: int | None = None
+
+    def validate(self) -> None:
+        require(self.threshold >= 0, self, "threshold", "must be >= 0 (0 recomputes every token)")
+        require(self.warmup_steps >= 1, self, "warmup_steps", "must be >= 1: the cache is filled by a full step")
+        require(self.final_timestep >= 0, self, "final_timestep", "must be >= 0")
+        require(self.chunk_frames is None or self.chunk_frames >= 1, self, "chunk_frames", "must be >= 1 or None")
+        if self.capacity_buckets is not None:
+            object.__setattr__(self, "capacity_buckets", tuple(sorted(float(b) for b in self.capacity_buckets)))
+            require(len(self.capacity_buckets) > 0 and all(0 < b <= 1 for b in self.capacity_buckets), self,
+                    "capacity_buckets", "must be fractions in (0, 1]")
+            require(self.capacity_buckets[-1] == 1.0, self, "capacity_buckets",
+                    "must end with 1.0 so that any selection fits a bucket")
+        require(self.max_cache_bytes is None or self.max_cache_bytes > 0, self, "max_cache_bytes", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TeaCacheConfig(ReuseConfig):
+    """TeaCache: reuse the whole step (every token) while the accumulated global distance stays below threshold."""
+
+    policy: ClassVar[str] = "teacache"
+
+
+@dataclass(frozen=True)
+class FlowCacheConfig(ReuseConfig):
+    """FlowCache: TeaCache per chunk of frames (spec 3.2): each chunk is recomputed or reused as a whole."""
+
+    policy: ClassVar[str] = "flowcache"
+
+
+@dataclass(frozen=True)
+class MotionCacheConfig(ReuseConfig):
+    """MotionCache (spec 3.3): per-token accumulated distance, weighted by motion, after warm-up and a
+    chunk-level (FlowCache) phase of `phase1_computes` compute events.
+
+    motion_source: where inter-frame differences are measured: "hidden" (last block's output, as the
+        SkyReels-V2 port), "latent" (the noisy input latent, as the MAGI-1 port) or "clean" (the predicted
+        clean latent x0 = x_t - sigma * v of a flow-matching model).
+    weight_floor: motion weights are min-max normalised per frame into [weight_floor, 1].
+    temporal_voting / vote_threshold: per chunk and spatial position, recompute all frames of the chunk
+        there if more than vote_threshold of them were selected, else none.
+    min_update_ratio: within a chunk, a partial update smaller than this fraction is dropped (and its
+        accumulators kept), avoiding tiny inefficient batches.
+    """
+
+    policy: ClassVar[str] = "motioncache"
+    phase1_computes: int = 6
+    motion_source: str = "hidden"
+    weight_floor: float = 0.6
+    temporal_voting: bool = True
+    vote_threshold: float = 0.5
+    min_update_ratio: float = 0.4
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.phase1_computes >= 0, self, "phase1_computes", "must be >= 0")
+        require(self.motion_source in MOTION_SOURCES, self, "motion_source", f"must be one of {MOTION_SOURCES}")
+        require(0 <= self.weight_floor <= 1, self, "weight_floor", "must be in [0, 1]")
+        require(0 <= self.vote_threshold < 1, self, "vote_threshold", "must be in [0, 1)")
+        require(0 <= self.min_update_ratio <= 1, self, "min_update_ratio", "must be in [0, 1]")

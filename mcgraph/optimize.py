@@ -4,19 +4,27 @@ The returned `OptimizedModule` is called exactly like the original (same positio
 arguments, same return structure) and forwards attribute access (`config`, `dtype`, methods, ...) to it.
 Inputs whose shapes the captured graph was not specialised for (e.g. another batch size) are captured
 again and kept as another specialisation, never run through a graph built for other shapes.
+
+With a caching config, the module also holds the cache state between calls: one state per context
+(`with model.cache_context("cond"):`, the CFG branch), reset by `reset_cache()` (the sampler calls it per
+generation segment), and reset with a warning when a context's input shapes or dtype change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx._pytree as fx_pytree
+import torch.utils._pytree as pytree
 
 from .analysis import analyze
 from .capture import CapturedGraph, bind_call, capture, static_key
-from .config import CacheConfig, NoCache
+from .config import CacheConfig, NoCache, ReuseConfig
 from .errors import CaptureError, ConfigError
 from .structure import ModelStructure
 
@@ -27,18 +35,29 @@ def _is_guard_failure(exc: BaseException) -> bool:
     return isinstance(exc, AssertionError) and str(exc).startswith("Guard failed")
 
 
+@dataclass
+class Specialisation:
+    captured: CapturedGraph
+    structure: ModelStructure
+    step: Any = None  # CachedStep when caching, else None (the captured graph runs as is)
+
+
 class OptimizedModule(torch.nn.Module):
     """A cache-aware stand-in for `original`; see module docstring."""
 
-    def __init__(self, original: torch.nn.Module, config: CacheConfig, first: CapturedGraph,
-                 structure: ModelStructure, dump_dir: str | Path | None = None):
+    def __init__(self, original: torch.nn.Module, config: CacheConfig, first: Specialisation,
+                 dump_dir: str | Path | None = None):
         super().__init__()
         # kept out of the module tree so parameters are not registered twice; the graphs share its tensors
         self.__dict__["_original"] = original
-        self.__dict__["_specialisations"] = [(first, structure)]
+        self.__dict__["_specialisations"] = [first]
         self.__dict__["_dump_dir"] = dump_dir
+        self.__dict__["_states"] = {}  # context -> (signature, state dict)
+        self.__dict__["_context"] = "default"
+        self.__dict__["_record"] = False
         self.mcgraph_config = config
 
+    # ------------------------------------------------------------------------------------ introspection
     @property
     def original_module(self) -> torch.nn.Module:
         return self.__dict__["_original"]
@@ -46,27 +65,72 @@ class OptimizedModule(torch.nn.Module):
     @property
     def structure(self) -> ModelStructure:
         """What the analyses found in the most recently captured specialisation."""
-        return self.__dict__["_specialisations"][-1][1]
+        return self.__dict__["_specialisations"][-1].structure
 
     @property
     def captured(self) -> CapturedGraph:
-        return self.__dict__["_specialisations"][-1][0]
+        return self.__dict__["_specialisations"][-1].captured
 
     @property
     def specialisations(self) -> int:
         return len(self.__dict__["_specialisations"])
 
+    @property
+    def step(self):
+        return self.__dict__["_specialisations"][-1].step
+
+    # ------------------------------------------------------------------------------------ cache control
+    @contextlib.contextmanager
+    def cache_context(self, name: str):
+        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
+        previous = self.__dict__["_context"]
+        self.__dict__["_context"] = str(name)
+        try:
+            yield self
+        finally:
+            self.__dict__["_context"] = previous
+
+    def reset_cache(self) -> None:
+        """Forget all cache state (start of a new generation or segment)."""
+        self.__dict__["_states"].clear()
+
+    def record_decisions(self, on: bool = True) -> list:
+        """Keep a StepRecord per call (which tokens were recomputed); returns the list that fills up."""
+        self.__dict__["_record"] = on
+        for spec in self.__dict__["_specialisations"]:
+            if spec.step is not None:
+                spec.step.record = on
+        return self.decision_records
+
+    @property
+    def decision_records(self) -> list:
+        out = []
+        for spec in self.__dict__["_specialisations"]:
+            if spec.step is not None:
+                out.extend(spec.step.records)
+        return out
+
+    def cache_state_bytes(self) -> int:
+        """Bytes held by the cache state of all contexts now."""
+        total = 0
+        for _, state in self.__dict__["_states"].values():
+            for v in pytree.tree_leaves(state):
+                if isinstance(v, torch.Tensor):
+                    total += v.numel() * v.element_size()
+        return total
+
+    # ------------------------------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
         specs = self.__dict__["_specialisations"]
         bound = bind_call(self.original_module, args, kwargs)
         key = static_key(bound)
         guard_errors = []
-        for captured, _ in reversed(specs):
-            if captured.static_key != key:
-                guard_errors.append(f"captured with {dict(captured.static_key)}, called with {dict(key)}")
+        for spec in reversed(specs):
+            if spec.captured.static_key != key:
+                guard_errors.append(f"captured with {dict(spec.captured.static_key)}, called with {dict(key)}")
                 continue
             try:
-                return captured(bound)
+                return self._run(spec, bound)
             except AssertionError as exc:
                 if not _is_guard_failure(exc):
                     raise
@@ -75,13 +139,61 @@ class OptimizedModule(torch.nn.Module):
             warnings.warn(f"mcgraph: {len(specs)} shape specialisations of {self.captured.model_class} captured; "
                           "inputs keep changing shape", stacklevel=2)
         try:
-            captured, structure = _capture_and_analyse(self.original_module, args, kwargs,
-                                                       self.__dict__["_dump_dir"])
+            spec = _specialise(self.original_module, (), bound, self.mcgraph_config, self.__dict__["_dump_dir"])
         except CaptureError as exc:
             raise CaptureError(f"inputs match no captured specialisation of {self.captured.model_class} "
                                f"({guard_errors[0]}) and capturing them failed: {exc}") from exc
-        specs.append((captured, structure))
-        return captured(bound)
+        if spec.step is not None:
+            spec.step.record = self.__dict__["_record"]
+        specs.append(spec)
+        return self._run(spec, bound)
+
+    def _run(self, spec: Specialisation, bound: dict):
+        if spec.step is None:
+            return spec.captured(bound)
+        info = spec.captured.graph_module.graph._codegen.pytree_info
+        flat = fx_pytree.tree_flatten_spec(((), bound), info.in_spec)
+        signature = tuple((tuple(x.shape), x.dtype, x.device) for x in flat if isinstance(x, torch.Tensor))
+        latent = flat[spec.step.input_names.index(spec.structure.grid.latent_input)]
+        if torch.isnan(latent).any():
+            raise ValueError(f"{spec.captured.model_class}: input {spec.structure.grid.latent_input!r} contains NaN")
+        context = self.__dict__["_context"]
+        states = self.__dict__["_states"]
+        state = None
+        if context in states:
+            old_sig, old_state = states[context]
+            if old_sig == signature:
+                state = old_state
+            else:
+                warnings.warn(f"mcgraph: input shapes/dtype changed mid-generation in cache context {context!r} "
+                              f"({_sig_str(old_sig)} -> {_sig_str(signature)}); its cache was reset", stacklevel=3)
+        outputs, new_state = spec.step.run(flat, state, context)
+        states[context] = (signature, new_state)
+        return pytree.tree_unflatten(list(outputs), info.out_spec)
+
+    # parameters and buffers are the original's (the graphs share them): delegate so that optimisers,
+    # state_dict round trips and `.to()` behave as on the original model
+    def parameters(self, recurse: bool = True):
+        return self.original_module.parameters(recurse)
+
+    def named_parameters(self, *args, **kwargs):
+        return self.original_module.named_parameters(*args, **kwargs)
+
+    def buffers(self, recurse: bool = True):
+        return self.original_module.buffers(recurse)
+
+    def named_buffers(self, *args, **kwargs):
+        return self.original_module.named_buffers(*args, **kwargs)
+
+    def state_dict(self, *args, **kwargs):
+        return self.original_module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        return self.original_module.load_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self.original_module._apply(fn, recurse)
+        return self
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -90,10 +202,30 @@ class OptimizedModule(torch.nn.Module):
             return getattr(self.__dict__["_original"], name)
 
 
-def _capture_and_analyse(model, args, kwargs, dump_dir) -> tuple[CapturedGraph, ModelStructure]:
+def _sig_str(sig) -> str:
+    return ", ".join(f"{list(s)}:{str(d).replace('torch.', '')}" for s, d, _ in sig)
+
+
+def _chunk_frames(model: torch.nn.Module, config: ReuseConfig) -> int:
+    if config.chunk_frames is not None:
+        return config.chunk_frames
+    cfg = getattr(model, "config", None)
+    for key in ("causal_block_size", "num_frame_per_block"):
+        value = getattr(cfg, key, None) if cfg is not None else None
+        if isinstance(value, int) and value >= 1:
+            return value
+    return 1
+
+
+def _specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialisation:
     captured = capture(model, args, kwargs)
     structure = analyze(captured, dump_dir=dump_dir)
-    return captured, structure
+    if not isinstance(config, ReuseConfig):
+        return Specialisation(captured, structure)
+    from .cache_build import build_cached_step
+
+    step = build_cached_step(model, captured, structure, config, _chunk_frames(model, config), dump_dir)
+    return Specialisation(captured, structure, step)
 
 
 def optimize(
@@ -113,5 +245,5 @@ def optimize(
         raise ConfigError(f"config must be a mcgraph CacheConfig (e.g. mcgraph.NoCache()), got {type(config).__name__}")
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
-    captured, structure = _capture_and_analyse(model, example_args, example_kwargs, dump_dir)
-    return OptimizedModule(model, config, captured, structure, dump_dir)
+    spec = _specialise(model, example_args, example_kwargs, config, dump_dir)
+    return OptimizedModule(model, config, spec, dump_dir)

@@ -100,9 +100,9 @@ class PassManager:
                 raise
             except Exception as exc:  # a bug or an unexpected graph: still name the pass
                 raise PassError(p.name, f"crashed with {type(exc).__name__}: {exc}") from exc
-            gm = result.graph_module
             if not p.mutates and graph_fingerprint(gm) != before:
                 raise PassError(p.name, "declared read-only (mutates=False) but changed the graph")
+            gm = result.graph_module  # a read-only pass may still return a new graph it built
             if p.mutates and result.modified:
                 gm.recompile()
             if self.verify:

@@ -145,29 +145,29 @@ def diffusion_forcing_schedule(
 
     chunk_of_frame = torch.arange(num_frames) // cbs
     n_chunks = int(chunk_of_frame[-1]) + 1
-    prev = torch.zeros(n_chunks, dtype=torch.long)
-    prev[: num_prefix_frames // cbs] = steps
+    n_prefix = num_prefix_frames // cbs
+    prev = [steps] * n_prefix + [0] * (n_chunks - n_prefix)
 
-    rows, masks = [], []
-    while bool((prev < steps).any()):
-        new = torch.empty_like(prev)
+    rows: list[list[int]] = []
+    while min(prev) < steps:
+        new = []
         for i in range(n_chunks):
             if i == 0 or prev[i - 1] >= steps:
-                new[i] = prev[i] + 1
+                new.append(prev[i] + 1)  # first chunk, or the one before is done: advance on its own
             else:
-                new[i] = new[i - 1] - ar_step
-        new.clamp_(0, steps)
-        masks.append(new != prev)
-        rows.append(new)
-        prev = new
+                new.append(new[i - 1] - ar_step)  # lag the chunk before by ar_step rows
+        prev = [min(max(v, 0), steps) for v in new]
+        rows.append(prev)
 
+    step_index = torch.tensor(rows, dtype=torch.long).reshape(len(rows), n_chunks)
+    before = torch.cat([torch.tensor([[steps] * n_prefix + [0] * (n_chunks - n_prefix)]), step_index[:-1]])
     return DiffusionForcingSchedule(
         num_frames=num_frames,
         causal_block_size=cbs,
         ar_step=ar_step,
         steps=steps,
         num_prefix_frames=num_prefix_frames,
-        step_index=torch.stack(rows),
-        update_mask=torch.stack(masks),
+        step_index=step_index,
+        update_mask=step_index != before,
         chunk_of_frame=chunk_of_frame,
     )

@@ -8,12 +8,11 @@ import torch
 from mcgraph import StructureNotFound, inspect
 from mcgraph.shapes import ATEN, is_op, shape
 from mcgraph.structure import ATTENTION, BLOCK, MODULATION, TOKEN_DIMS
-from mcgraph.zoo.subjects import SUBJECTS
 
-from .analysed import analysed
+from .analysed import SUBJECT_LIST, analysed
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_blocks_grid_and_attention_counts(name):
     subject, captured, st = analysed(name)
     assert len(st.blocks) == subject.blocks
@@ -24,7 +23,7 @@ def test_blocks_grid_and_attention_counts(name):
     assert st.token_axis_exact, "capture with Dim.AUTO must make the token count symbolic"
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_input_roles(name):
     subject, _, st = analysed(name)
     assert st.inputs[subject.latent_input] == "latent"
@@ -34,7 +33,7 @@ def test_input_roles(name):
     assert st.grid.latent_input == subject.latent_input
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_blocks_form_one_residual_chain(name):
     _, captured, st = analysed(name)
     nodes = {n.name: n for n in captured.graph.nodes}
@@ -49,7 +48,7 @@ def test_blocks_form_one_residual_chain(name):
     assert per_block == [1] * len(st.blocks)
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_attention_producers_are_the_projections(name):
     subject, captured, st = analysed(name)
     nodes = {n.name: n for n in captured.graph.nodes}
@@ -69,7 +68,7 @@ def test_attention_producers_are_the_projections(name):
         assert all(len({a.q_proj, a.k_proj, a.v_proj}) == 3 for a in st.attention)
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_token_axis_on_known_spots(name):
     subject, captured, st = analysed(name)
     nodes = {n.name: n for n in captured.graph.nodes}
@@ -89,7 +88,7 @@ def test_token_axis_on_known_spots(name):
         assert nodes[site.node].meta[TOKEN_DIMS] == (2,)  # output has the query's token axis
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_modulation(name):
     subject, captured, st = analysed(name)
     assert st.modulation, "every subject is timestep-modulated"

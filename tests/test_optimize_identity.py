@@ -6,15 +6,16 @@ import pytest
 import torch
 
 import mcgraph
-from mcgraph.zoo.subjects import SUBJECTS, reference_subject
+from mcgraph.optimize import Specialisation
+from mcgraph.zoo.subjects import reference_subject
 
-from .analysed import analysed
+from .analysed import SUBJECT_LIST, analysed
 
 
-@pytest.mark.parametrize("name", list(SUBJECTS))
+@pytest.mark.parametrize("name", SUBJECT_LIST)
 def test_identity_matches_eager(name):
     subject, captured, _ = analysed(name)
-    opt = mcgraph.OptimizedModule(subject.model, mcgraph.NoCache(), captured, analysed(name)[2])
+    opt = mcgraph.OptimizedModule(subject.model, mcgraph.NoCache(), Specialisation(captured, analysed(name)[2]))
     for seed in (1, 2):
         kwargs = subject.make_kwargs(seed=seed)
         with torch.no_grad():

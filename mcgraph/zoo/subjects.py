@@ -59,7 +59,7 @@ class Subject:
         return out
 
 
-def reference_subject(trained: bool = False) -> Subject:
+def reference_subject(trained: bool = True) -> Subject:
     from .weights import build_reference, load_reference
 
     model, _ = load_reference() if trained else build_reference()
@@ -174,8 +174,12 @@ def plain_subject() -> Subject:
                    per_token_modulation=False, latent_input="x", timestep_input="t", context_input=None)
 
 
+SUBJECT_NAMES = ("reference", "reference-untrained", "wan-tiny", "wan-small", "skyreels-tiny", "skyreels-small",
+                 "plain-dit")
+
 SUBJECTS: dict[str, Callable[[], Subject]] = {
     "reference": reference_subject,
+    "reference-untrained": lambda: reference_subject(trained=False),
     "wan-tiny": lambda: wan_subject("tiny"),
     "wan-small": lambda: wan_subject("small"),
     "skyreels-tiny": lambda: skyreels_subject("tiny"),

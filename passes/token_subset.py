@@ -1,0 +1,107 @@
+"""Rewrite: the block stack on a subset of tokens, attending over a per-layer K/V cache.
+
+Matches: the full stack graph from split_stack (its placeholders, their token dims, its self-attention calls).
+Requires: split_stack. Guarantees: a GraphModule
+
+    subset_stack(stack inputs..., token_index [n], K_0, V_0, K_1, V_1, ...) -> (h_sel [B, n, D], K_0', V_0', ...)
+
+that runs every block on the n selected tokens only: every token-axis input is gathered (the residual
+stream, per-token modulation, rotary tables; attention masks on their query rows only), each
+self-attention writes the selected rows' fresh K/V into the layer's cache (`index_copy`, out of place) and
+lets the selected queries attend over all cached rows; cross-attention and MLPs see only the subset.
+Sizes equal to the token count are replaced by the subset's size, and export's shape assertions (which
+hold for the full token count) are dropped. With all tokens selected it computes what the stack computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from mcgraph.errors import PassError
+from mcgraph.pass_infra import GraphPass, PassResult
+from mcgraph.shapes import ATEN, is_symbolic, same_size
+from mcgraph.structure import ATTENTION
+
+from .split_stack import StackSplit, _is_shape_assert, _new_module, arg_lookup
+
+
+class TokenSubsetStack(GraphPass):
+    name = "token_subset"
+
+    def __init__(self, split: StackSplit):
+        self.split = split
+
+    def call(self, stack: torch.fx.GraphModule) -> PassResult:
+        split = self.split
+        src = list(stack.graph.nodes)
+        placeholders = [n for n in src if n.op == "placeholder"]
+        stream = next(p for p in placeholders if p.name == split.stream_input)
+        token_count = stream.meta["val"].shape[1]
+
+        g = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        raw = {}
+        for p in placeholders:
+            raw[p] = g.placeholder(p.name)
+            raw[p].meta = dict(p.meta)
+        index = g.placeholder("token_index")
+        index.meta["val"] = torch.empty(0, dtype=torch.long, device="meta")
+        caches = []
+        for i, _ in enumerate(split.self_attention):
+            caches.append((g.placeholder(f"k_cache_{i}"), g.placeholder(f"v_cache_{i}")))
+
+        def gather(node, dim):
+            out = g.call_function(ATEN.index_select.default, (node, dim, index))
+            return out
+
+        h_sel = gather(raw[stream], 1)
+        n_sel = g.call_function(ATEN.sym_size.int, (h_sel, 1))
+        for p in placeholders:
+            val = p.meta.get("val")
+            dims = split.token_dims.get(p.name, ())
+            if p is stream:
+                env[p] = h_sel
+            elif isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count):
+                env[p] = n_sel
+            elif not dims:
+                env[p] = raw[p]
+            elif p.name in split.mask_inputs:
+                rank = len(val.shape)
+                if set(dims) != {rank - 2, rank - 1}:
+                    self.fail(f"attention mask {p.name!r} has token dims {dims}, expected its last two", p)
+                env[p] = gather(raw[p], rank - 2)  # query rows only: keys stay all tokens
+            elif len(dims) == 1:
+                env[p] = gather(raw[p], dims[0])
+            else:
+                self.fail(f"input {p.name!r} carries the token axis on dims {dims} and is not an attention mask; "
+                          "cannot gather it for a token subset", p)
+
+        new_caches = []
+        layer = 0
+        for n in src:
+            if n.op in ("placeholder", "output") or _is_shape_assert(n):
+                continue
+            if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
+                q, k, v = (env[a] for a in n.args[:3])
+                kc, vc = caches[layer]
+                dim = n.args[1].meta["val"].dim() - 2
+                k_full = g.call_function(ATEN.index_copy.default, (kc, dim, index, k))
+                v_full = g.call_function(ATEN.index_copy.default, (vc, dim, index, v))
+                rest = tuple(torch.fx.node.map_arg(a, arg_lookup(g, env)) for a in n.args[3:])
+                kwargs = torch.fx.node.map_arg(dict(n.kwargs), arg_lookup(g, env))
+                env[n] = g.call_function(n.target, (q, k_full, v_full, *rest), kwargs)
+                env[n].meta = {k_: v_ for k_, v_ in n.meta.items() if k_ != "val"}
+                new_caches += [k_full, v_full]
+                layer += 1
+                continue
+            for a in n.all_input_nodes:
+                if a not in env and a.op != "get_attr":
+                    raise PassError(self.name, f"dropped a shape assertion that {n.name!r} depends on", n)
+            env[n] = g.node_copy(n, arg_lookup(g, env))
+            env[n].meta.pop("val", None)  # sizes differ on the subset; refreshed by shape propagation
+        out = next(n for n in src if n.op == "output")
+        h_out = env[out.args[0][0]]
+        g.output((h_out, *new_caches))
+        g.eliminate_dead_code()
+        return PassResult(_new_module(stack, g), modified=True, info={"layers": layer})

@@ -81,7 +81,8 @@ class SkyReelsV2Adapter:
         return ctx(name) if callable(ctx) else contextlib.nullcontext()
 
     def reset_cache(self) -> None:
-        reset = getattr(self.transformer, "_reset_stateful_cache", None)
+        # an mcgraph-optimised transformer has its own reset; a plain diffusers one resets its hooks
+        reset = getattr(self.transformer, "reset_cache", None) or getattr(self.transformer, "_reset_stateful_cache", None)
         if callable(reset):
             reset()
 

@@ -84,8 +84,9 @@ def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> dict[
 
 
 def static_key(bound: dict[str, Any]) -> tuple:
-    """The non-tensor part of a call, which export bakes into the graph as constants."""
-    return tuple((k, repr(v)) for k, v in bound.items() if not isinstance(v, torch.Tensor))
+    """What a captured graph is specialised on besides symbolic sizes: the non-tensor arguments (export bakes
+    them in as constants) and each tensor's dtype and rank."""
+    return tuple((k, f"{v.dtype}[{v.dim()}]" if isinstance(v, torch.Tensor) else repr(v)) for k, v in bound.items())
 
 
 def capture(

@@ -150,7 +150,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- parser
 
-SUBCOMMANDS: list[Callable] = [add_demo_command]
+def add_inspect_command(subparsers) -> None:
+    from .inspect_cli import add_inspect_command as add
+
+    add(subparsers)
+
+
+SUBCOMMANDS: list[Callable] = [add_demo_command, add_inspect_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

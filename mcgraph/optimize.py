@@ -79,6 +79,28 @@ class OptimizedModule(torch.nn.Module):
     def step(self):
         return self.__dict__["_specialisations"][-1].step
 
+    def with_config(self, config: CacheConfig) -> "OptimizedModule":
+        """The same captured graphs under another cache config (e.g. a threshold sweep), with fresh state.
+        Capture and analysis are not repeated; only the cheap cache-aware step is rebuilt."""
+        import dataclasses
+
+        if not isinstance(config, CacheConfig):
+            raise ConfigError(f"config must be a mcgraph CacheConfig, got {type(config).__name__}")
+        first = self.__dict__["_specialisations"][0]
+        if isinstance(config, ReuseConfig):
+            if first.step is not None:
+                step = dataclasses.replace(first.step, config=config, records=[], record=False,
+                                           chunk_frames=_chunk_frames(self.original_module, config))
+            else:
+                from .cache_build import build_cached_step
+
+                step = build_cached_step(self.original_module, first.captured, first.structure, config,
+                                         _chunk_frames(self.original_module, config), self.__dict__["_dump_dir"])
+        else:
+            step = None
+        return OptimizedModule(self.original_module, config, Specialisation(first.captured, first.structure, step),
+                               self.__dict__["_dump_dir"])
+
     # ------------------------------------------------------------------------------------ cache control
     @contextlib.contextmanager
     def cache_context(self, name: str):

@@ -67,7 +67,9 @@ def test_same_seed_same_output_different_seed_differs(tiny_dit, tiny_dit_config)
     assert not torch.allclose(a.latent, c.latent)
 
 
-@pytest.mark.parametrize("frames, cbs, ar_step, steps, shift", [(10, 3, 2, 7, 3.0), (8, 2, 0, 5, 1.0), (5, 1, 9, 4, 8.0)])
+@pytest.mark.parametrize(
+    "frames, cbs, ar_step, steps, shift", [(10, 3, 2, 7, 3.0), (8, 2, 0, 5, 1.0), (5, 1, 9, 4, 8.0)]
+)
 def test_exact_velocity_reproduces_the_target(frames, cbs, ar_step, steps, shift):
     x0 = target((2, 3, frames, 4, 4))
     r = sample(analytic_model, x0.shape, x0, steps=steps, shift=shift, causal_block_size=cbs, ar_step=ar_step)

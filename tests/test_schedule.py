@@ -109,7 +109,8 @@ def test_schedule_properties(kw):
 
     # shape, frame expansion
     assert sum(s.chunk_sizes) == kw["num_frames"]
-    assert all(c == kw["causal_block_size"] for c in s.chunk_sizes[:-1]) and s.chunk_sizes[-1] <= kw["causal_block_size"]
+    cbs = kw["causal_block_size"]
+    assert all(c == cbs for c in s.chunk_sizes[:-1]) and s.chunk_sizes[-1] <= cbs
     assert s.frame_step_index().shape == (s.num_rows, kw["num_frames"])
     assert torch.equal(s.frame_update_mask(), upd[:, s.chunk_of_frame])
 

@@ -7,7 +7,14 @@ from safetensors.torch import load_file, save_file
 
 from mcgraph.zoo.causal_dit import CausalDiTConfig
 from mcgraph.zoo.scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
-from mcgraph.zoo.weights import BUNDLED_WEIGHTS, WeightsError, build_reference, load_reference, read_metadata, save_reference
+from mcgraph.zoo.weights import (
+    BUNDLED_WEIGHTS,
+    WeightsError,
+    build_reference,
+    load_reference,
+    read_metadata,
+    save_reference,
+)
 
 TINY = CausalDiTConfig(dim=24, num_heads=2, num_layers=1, ffn_dim=32, context_dim=8, freq_dim=16,
                        label_vocab_size=LABEL_VOCAB_SIZE, label_length=LABEL_LENGTH)

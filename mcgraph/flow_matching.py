@@ -27,3 +27,9 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
 
 def predicted_clean(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x_t - sigma * velocity
+
+
+def final_timestep(steps: int, shift: float) -> float:
+    """The timestep a frame has at its last denoising step under `sigma_schedule(steps, shift)`: what a cache's
+    `final_timestep` should be set to so that every token's final step is computed, never reused."""
+    return float(sigma_schedule(steps, shift)[-2]) * NUM_TRAIN_TIMESTEPS

@@ -55,6 +55,7 @@ class OptimizedModule(torch.nn.Module):
         self.__dict__["_states"] = {}  # context -> (signature, state dict)
         self.__dict__["_context"] = "default"
         self.__dict__["_record"] = False
+        self.__dict__["_records"] = []
         self.mcgraph_config = config
 
     # ------------------------------------------------------------------------------------ introspection
@@ -117,20 +118,20 @@ class OptimizedModule(torch.nn.Module):
         self.__dict__["_states"].clear()
 
     def record_decisions(self, on: bool = True) -> list:
-        """Keep a StepRecord per call (which tokens were recomputed); returns the list that fills up."""
+        """Keep a StepRecord per call (which tokens were recomputed); returns the list, which fills up live."""
         self.__dict__["_record"] = on
         for spec in self.__dict__["_specialisations"]:
-            if spec.step is not None:
-                spec.step.record = on
+            self._attach_records(spec)
         return self.decision_records
+
+    def _attach_records(self, spec: Specialisation) -> None:
+        if spec.step is not None:
+            spec.step.record = self.__dict__["_record"]
+            spec.step.records = self.__dict__["_records"]
 
     @property
     def decision_records(self) -> list:
-        out = []
-        for spec in self.__dict__["_specialisations"]:
-            if spec.step is not None:
-                out.extend(spec.step.records)
-        return out
+        return self.__dict__["_records"]
 
     def cache_state_bytes(self) -> int:
         """Bytes held by the cache state of all contexts now."""
@@ -165,8 +166,7 @@ class OptimizedModule(torch.nn.Module):
         except CaptureError as exc:
             raise CaptureError(f"inputs match no captured specialisation of {self.captured.model_class} "
                                f"({guard_errors[0]}) and capturing them failed: {exc}") from exc
-        if spec.step is not None:
-            spec.step.record = self.__dict__["_record"]
+        self._attach_records(spec)
         specs.append(spec)
         return self._run(spec, bound)
 

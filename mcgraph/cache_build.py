@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.fx._pytree as fx_pytree
 
-from .capture import CapturedGraph, bind_call
+from .capture import CapturedGraph
 from .cached_step import CachedStep
 from .config import ReuseConfig
 from .meta_prop import propagate

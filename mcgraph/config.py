@@ -139,6 +139,8 @@ class MotionCacheConfig(ReuseConfig):
         there if more than vote_threshold of them were selected, else none.
     min_update_ratio: within a chunk, a partial update smaller than this fraction is dropped (and its
         accumulators kept), avoiding tiny inefficient batches.
+    token_distance: the step distance each token accumulates in the token phase: "chunk" (its chunk's
+        distance, as the official SkyReels-V2 port's `global` mode) or "token" (its own indicator's change).
     """
 
     policy: ClassVar[str] = "motioncache"
@@ -148,9 +150,11 @@ class MotionCacheConfig(ReuseConfig):
     temporal_voting: bool = True
     vote_threshold: float = 0.5
     min_update_ratio: float = 0.4
+    token_distance: str = "chunk"
 
     def validate(self) -> None:
         super().validate()
+        require(self.token_distance in ("chunk", "token"), self, "token_distance", "must be 'chunk' or 'token'")
         require(self.phase1_computes >= 0, self, "phase1_computes", "must be >= 0")
         require(self.motion_source in MOTION_SOURCES, self, "motion_source", f"must be one of {MOTION_SOURCES}")
         require(0 <= self.weight_floor <= 1, self, "weight_floor", "must be in [0, 1]")

@@ -55,7 +55,8 @@ def decide(cfg: ReuseConfig, dist, chunk_dist, sample_dist, acc, computes, final
         step = chunk_dist
     elif isinstance(cfg, MotionCacheConfig):
         phase1 = computes < cfg.warmup_steps + cfg.phase1_computes
-        step = torch.where(phase1, chunk_dist, weights * dist)
+        own = chunk_dist if cfg.token_distance == "chunk" else dist
+        step = torch.where(phase1, chunk_dist, weights * own)
     else:
         raise TypeError(f"no decision rule for {type(cfg).__name__}")
     acc = acc + step

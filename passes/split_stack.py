@@ -25,7 +25,7 @@ import torch.fx
 from mcgraph.errors import PassError
 from mcgraph.graph_walk import PASS_THROUGH
 from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import ATEN, is_op, shape
+from mcgraph.shapes import ATEN, is_op
 from mcgraph.structure import ATTENTION, TOKEN_DIMS, structure_of
 
 # export's runtime shape assertions: they hold for the full token count, not for a token subset

@@ -118,13 +118,17 @@ class CachedStep:
             if t_tok is None:
                 final = torch.zeros_like(dist, dtype=torch.bool)
             else:
-                final = (t_tok > 0) & (t_tok <= cfg.final_timestep)
+                # a token's final step is the call where its timestep *drops* into (0, final_timestep]; a
+                # history frame held at a small timestep (re-noised prefix) is not at its final step every call
+                t_prev = state.get("timesteps")
+                dropped = torch.ones_like(dist, dtype=torch.bool) if t_prev is None else t_tok < t_prev
+                final = (t_tok > 0) & (t_tok <= cfg.final_timestep) & dropped
             weights = state["weights"]
             update, acc, computes = decide(cfg, dist, chunk_dist, sample_dist, state["acc"], state["computes"],
                                            final, weights, frames, self.chunk_frames)
 
         selected = update.any(0)  # tokens any sample needs: run once for the whole batch
-        index = self._execution_index(selected, update, state)
+        index = self._execution_index(selected, acc, state)
         n = index.numel() if index is not None else tokens
         if state is None or n == tokens:
             h_l, *kv = self.stack(*stack_in)
@@ -141,10 +145,26 @@ class CachedStep:
             h_l = h0 + residual
             path = "subset"
         outputs = self.epilogue(h_l, *[values[n_] for n_ in self.epilogue_inputs])
+        instability = state.get("instability") if state is not None else None
+        wants_instability = isinstance(cfg, MotionCacheConfig) and cfg.motion_source == "residual"
+        if wants_instability and path != "skip" and state is not None:
+            # observed residual instability of the rows just recomputed: how much R moved since they were cached
+            change = (residual - state["residual"]).abs().mean(-1) / (state["residual"].abs().mean(-1) + 1e-8)
+            fresh = update if index is None else torch.zeros_like(update).index_fill(1, index, True)
+            instability = torch.where(fresh, change.float(), instability if instability is not None else change.float())
         if isinstance(cfg, MotionCacheConfig):
-            weights = self._motion_weights(cfg, h_l, flat, outputs, frames, per_frame)
+            if cfg.motion_source == "residual":
+                if instability is not None:
+                    weights = normalise_per_frame(instability, frames, cfg.weight_floor)
+            else:
+                weights = self._motion_weights(cfg, h_l, flat, outputs, frames, per_frame)
         new_state = {"indicator": indicator, "acc": acc, "computes": computes, "weights": weights,
                      "residual": residual, "kv": list(kv)}
+        if instability is not None:
+            new_state["instability"] = instability
+        t_now = self._token_timesteps(flat, batch, frames, per_frame)
+        if t_now is not None:
+            new_state["timesteps"] = t_now
         if self.record:
             self.records.append(StepRecord(context, update.cpu(), n, tokens, frames, path))
         return outputs, new_state
@@ -152,7 +172,7 @@ class CachedStep:
     def subset_stack_layers(self) -> list:
         return [n for n in self.subset_stack.graph.nodes if n.op == "placeholder" and n.name.startswith("k_cache")]
 
-    def _execution_index(self, selected, update, state):
+    def _execution_index(self, selected, acc, state):
         """Token indices to run through the blocks; None means all. Buckets give static sizes."""
         tokens = selected.shape[0]
         buckets = self.config.capacity_buckets
@@ -168,7 +188,7 @@ class CachedStep:
         if k == tokens:
             return None
         # selected tokens first, then those with the largest accumulated distance: extras are simply recomputed
-        score = selected.float() * 1e9 + update.float().sum(0)
+        score = selected.float() * 1e9 + acc.sum(0)
         return score.topk(k).indices.sort().values
 
     def _motion_weights(self, cfg: MotionCacheConfig, h_l, flat, outputs, frames, per_frame):

@@ -48,6 +48,16 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -75,7 +85,14 @@ def add_demo_command(subparsers) -> None:
             "Generate a video with the bundled reference DiT and the diffusion-forcing sampler (no cache), "
             "and write DIR/demo.gif and DIR/demo_strip.png (frames side by side; when the scene comes from "
             "--seed, a second row shows a rendering of that scene for comparison). The defaults make a "
-            "28-frame video in two windows of 16 frames that overlap by 4."
+            "28-frame video in two windows of 16 frames that overlap by 4. With --cache POLICY the same video "
+            "(same seed and noise) is also generated through mcgraph.optimize with that caching policy, in the same "
+            "process; the command prints the wall times side by side (speedup vs uncached), the PSNR of the "
+            "cached video vs the uncached one and the fraction of tokens computed, and writes "
+            "DIR/demo_heatmap.gif (per schedule row: the window's frames and, per CFG branch, which tokens were "
+            "recomputed) and DIR/demo_heatmap.png (final frames, how often each token was recomputed, computed "
+            "fraction per model call). The GIF then shows the cached video and the strip has the cached row "
+            "above the uncached one."
         ),
         formatter_class=HelpFormatter,
     )
@@ -106,6 +123,21 @@ def add_demo_command(subparsers) -> None:
         "--threads", type=_nonnegative_int, default=0,
         help="torch CPU threads (0: torch's default; use 1 when other jobs share the cores)",
     )
+    p.add_argument(
+        "--cache", choices=("none", "teacache", "flowcache", "motioncache"), default=None,
+        help="also generate through mcgraph.optimize with this caching policy and compare with the uncached "
+             "video ('none': the captured graph without caching)",
+    )
+    p.add_argument(
+        "--threshold", type=_nonnegative_float, default=None,
+        help="reuse threshold of the cache policy (default: the policy's, 0.1; 0 recomputes every token)",
+    )
+    p.add_argument(
+        "--motion-source", default=None, metavar="SOURCE",
+        help="motioncache: where motion is measured, e.g. hidden (last block's output), latent (noisy latent), "
+             "clean (predicted clean latent); see MotionCacheConfig.motion_source (default: the config's)",
+    )
+    p.add_argument("--no-heatmap", action="store_true", help="with --cache: do not write the heat maps")
     p.add_argument("--gif-scale", type=_positive_int, default=4, help="GIF upscale factor (nearest)")
     p.add_argument("--fps", type=float, default=8.0, help="GIF frame rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -137,6 +169,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             gif_scale=args.gif_scale,
             fps=args.fps,
+            cache=args.cache,
+            threshold=args.threshold,
+            motion_source=args.motion_source,
+            heatmap=not args.no_heatmap,
         )
     except DemoSettingsError as e:
         raise UsageError(str(e)) from None
@@ -145,7 +181,27 @@ def run_demo_command(args: argparse.Namespace) -> int:
         f"{result.frames} frames in {result.segments} window(s), {result.rows} rows, "
         f"{result.model_calls} model calls, wall time {result.wall_time_s:.2f} s"
     )
+    if result.cache is not None:
+        print(_cache_report(args.cache, result.cache))
     return EXIT_OK
+
+
+def _cache_report(policy: str, c) -> str:
+    """The side-by-side lines printed by `mcgraph demo --cache`."""
+    psnr = "inf (identical)" if c.psnr_db == float("inf") else f"{c.psnr_db:.2f} dB"
+    paths = ", ".join(f"{k} {v}" for k, v in sorted(c.calls_by_path.items()))
+    lines = [
+        f"{'':22}{'uncached':>12}{policy:>14}",
+        f"{'wall time (s)':22}{c.uncached_wall_time_s:12.2f}{c.cached_wall_time_s:14.2f}",
+        f"{'CPU time (s)':22}{c.uncached_cpu_time_s:12.2f}{c.cached_cpu_time_s:14.2f}",
+        f"{'tokens computed':22}{'100.0%':>12}{100 * c.computed_fraction:13.1f}%",
+        f"speedup vs uncached: {c.speedup:.2f}x wall ({c.cpu_speedup:.2f}x CPU time)   PSNR vs uncached: {psnr}   "
+        f"max |latent diff|: {c.max_abs_diff:.3g}",
+        f"model calls by path: {paths}; tokens decided per sample: {100 * c.decided_fraction:.1f}%",
+    ]
+    if c.heatmap_gif is not None:
+        lines.append(f"wrote {c.heatmap_gif} and {c.heatmap_png}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -156,7 +212,13 @@ def add_inspect_command(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS: list[Callable] = [add_demo_command, add_inspect_command]
+def add_bench_command(subparsers) -> None:
+    from .bench_cli import add_bench_command as add
+
+    add(subparsers)
+
+
+SUBCOMMANDS: list[Callable] = [add_demo_command, add_inspect_command, add_bench_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,7 @@ def require(condition: bool, config: CacheConfig, field: str, message: str) -> N
         raise ConfigError(f"{type(config).__name__}.{field} = {getattr(config, field)!r}: {message}")
 
 
-MOTION_SOURCES = ("hidden", "latent", "clean")
+MOTION_SOURCES = ("hidden", "latent", "clean", "residual")
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,9 @@ class MotionCacheConfig(ReuseConfig):
 
     motion_source: where inter-frame differences are measured: "hidden" (last block's output, as the
         SkyReels-V2 port), "latent" (the noisy input latent, as the MAGI-1 port) or "clean" (the predicted
-        clean latent x0 = x_t - sigma * v of a flow-matching model).
+        clean latent x0 = x_t - sigma * v of a flow-matching model), or "residual": no proxy, the observed
+        change of each token's cached residual whenever it is recomputed (its residual instability, which
+        the inter-frame difference stands in for in the paper), measured during the chunk-wise phase.
     weight_floor: motion weights are min-max normalised per frame into [weight_floor, 1].
     temporal_voting / vote_threshold: per chunk and spatial position, recompute all frames of the chunk
         there if more than vote_threshold of them were selected, else none.

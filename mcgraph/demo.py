@@ -1,7 +1,16 @@
-"""`mcgraph demo`: generate a sprite video with the bundled reference model and the diffusion-forcing sampler."""
+"""`mcgraph demo`: generate a sprite video with the bundled reference model and the diffusion-forcing sampler.
+
+With a cache policy (`cache=` "none", "teacache", "flowcache" or "motioncache") the same video (same seed,
+same noise) is generated twice in this process, uncached (the original model, eager) and through
+`mcgraph.optimize` with that policy; the result reports both wall times, the PSNR of the cached video
+against the uncached one and the fraction of tokens the cache computed, and heat maps of the recomputed
+tokens are written next to the frames (`mcgraph.heatmap`).
+"""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,17 +18,51 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .sampler import SamplerConfig, sample
-from .video_io import save_gif, save_strip
+from .sampler import RowInfo, SamplerConfig, plan_segments, sample
+from .video_io import save_gif, save_strip, to_uint8_frames
 from .zoo import scenes
 from .zoo.latent import latent_to_video
 from .zoo.weights import BUNDLED_WEIGHTS, load_reference, read_metadata
 
-__all__ = ["DemoResult", "DemoSettingsError", "parse_label", "run_demo"]
+__all__ = ["CACHE_POLICIES", "CacheComparison", "DemoResult", "DemoSettingsError", "make_cache_config", "parse_label",
+           "psnr", "run_demo"]
+
+CACHE_POLICIES = ("none", "teacache", "flowcache", "motioncache")
 
 
 class DemoSettingsError(ValueError):
     """An invalid demo setting (the CLI reports it as a usage error)."""
+
+
+@dataclass
+class CacheComparison:
+    """The cached run against the uncached one (same seed, same process)."""
+
+    config: object  # the mcgraph CacheConfig used
+    uncached_video: torch.Tensor  # [frames, 3, H, W] in [-1, 1]
+    uncached_wall_time_s: float  # the original model, eager
+    cached_wall_time_s: float  # the optimised model (without capture and heat-map bookkeeping)
+    uncached_cpu_time_s: float  # process CPU time of the same runs: unaffected by other jobs on the machine
+    cached_cpu_time_s: float
+    capture_time_s: float  # optimize() plus capturing every window shape; not part of the wall times
+    psnr_db: float  # cached video vs uncached video (inf when identical)
+    max_abs_diff: float  # of the latents
+    computed_fraction: float  # tokens run through the block stack / tokens of all calls
+    decided_fraction: float  # tokens the policy decided to recompute (per sample) / all
+    calls_by_path: dict  # "full" / "subset" / "skip" -> number of calls
+    heatmap_gif: Path | None = None
+    heatmap_png: Path | None = None
+
+    @property
+    def speedup(self) -> float:
+        """Wall-time speedup of the cached generation over the uncached one."""
+        t = self.cached_wall_time_s
+        return self.uncached_wall_time_s / t if t > 0 else float("inf")
+
+    @property
+    def cpu_speedup(self) -> float:
+        t = self.cached_cpu_time_s
+        return self.uncached_cpu_time_s / t if t > 0 else float("inf")
 
 
 @dataclass
@@ -34,6 +77,101 @@ class DemoResult:
     rows: int
     model_calls: int
     wall_time_s: float
+    cache: CacheComparison | None = None  # set when a cache policy was given
+
+
+def psnr(video: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR in dB of `video` against `reference` ([frames, 3, H, W] in [-1, 1]), the mean of per-frame PSNRs as
+    `mcgraph.metrics.psnr` (and the caching papers) compute it: identical frames count as 100 dB, identical
+    videos give inf."""
+    try:
+        from .metrics import psnr as metrics_psnr
+    except ImportError:  # the same definition, standalone
+        mse = (video.double() - reference.double()).pow(2).flatten(1).mean(1) / 4.0  # peak 2 -> scale [0, 1]
+        if bool((mse == 0).all()):
+            return float("inf")
+        db = torch.where(mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-300)), torch.full_like(mse, 100.0))
+        return float(db.clamp(max=100.0).mean())
+    return metrics_psnr(video, reference)
+
+
+def make_cache_config(policy: str, *, steps: int, shift: float, threshold: float | None = None,
+                      motion_source: str | None = None):
+    """The mcgraph config of `policy` for the demo's schedule: final_timestep from (steps, shift), other
+    fields the policy's defaults unless given. Raises DemoSettingsError for invalid values."""
+    from .config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
+    from .errors import ConfigError
+    from .flow_matching import final_timestep
+
+    if policy not in CACHE_POLICIES:
+        raise DemoSettingsError(f"cache must be one of {', '.join(CACHE_POLICIES)}, got {policy!r}")
+    if policy == "none":
+        if threshold is not None:
+            raise DemoSettingsError("threshold needs a caching policy (cache 'none' computes everything)")
+        if motion_source is not None:
+            raise DemoSettingsError("motion_source applies to the motioncache policy only")
+        return NoCache()
+    if motion_source is not None and policy != "motioncache":
+        raise DemoSettingsError(f"motion_source applies to the motioncache policy only, not {policy}")
+    cls = {"teacache": TeaCacheConfig, "flowcache": FlowCacheConfig, "motioncache": MotionCacheConfig}[policy]
+    fields = {"final_timestep": final_timestep(steps, shift)}
+    if threshold is not None:
+        fields["threshold"] = threshold
+    if motion_source is not None:
+        fields["motion_source"] = motion_source
+    try:
+        return cls(**fields)
+    except ConfigError as e:
+        raise DemoSettingsError(str(e)) from None
+
+
+class _RowCollector:
+    """`sample(on_row=...)`: after each row, the video and the decisions of that row's calls (new records)."""
+
+    def __init__(self, opt, contexts: list[str], grid_hw: tuple[int, int], keep_frames: bool = True):
+        self.opt = opt
+        self.contexts = contexts
+        self.grid_hw = grid_hw
+        self.keep_frames = keep_frames
+        self.steps = []  # HeatmapStep per row
+        self.calls: list[tuple[str, float]] = []  # (context, executed fraction) per call
+        self.records = []  # this generation's StepRecords in call order
+        self.seconds = 0.0  # time spent here (subtracted from the cached wall time) ...
+        self.cpu_seconds = 0.0  # ... and CPU time
+        self.position = len(self._all_records())  # records before this generation are not ours
+
+    def _all_records(self) -> list:
+        return self.opt.decision_records if hasattr(self.opt, "decision_records") else []
+
+    def __call__(self, info: RowInfo):
+        from .heatmap import HeatmapStep, record_grid
+
+        start, start_cpu = time.perf_counter(), time.process_time()
+        frames = info.latent.shape[2]
+        records = self._all_records()  # one live list, in call order, over all shape specialisations
+        new = list(records[self.position :])
+        self.position = len(records)
+        computed, fractions = {}, {}
+        if new:
+            for r in new:
+                computed[r.context] = record_grid(r.computed, r.frames, self.grid_hw)
+                fractions[r.context] = r.executed / r.tokens
+                self.calls.append((r.context, r.executed / r.tokens))
+                self.records.append(r)
+        else:  # no cache decisions (policy "none"): every token of every call is computed
+            h, w = self.grid_hw
+            for name in self.contexts:
+                computed[name] = np.ones((frames, h, w), dtype=bool)
+                fractions[name] = 1.0
+                self.calls.append((name, 1.0))
+        video = None
+        if self.keep_frames:
+            video = to_uint8_frames(latent_to_video(info.latent[:1].float())[0].clamp(-1, 1))
+        seg = info.segment
+        label = f"window {seg.index + 1} row {info.row + 1}/{info.rows}"
+        self.steps.append(HeatmapStep(label, computed, video, seg.start, fractions))
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - start_cpu
 
 
 def parse_label(text: str) -> np.ndarray:
@@ -72,14 +210,27 @@ def run_demo(
     gif_scale: int = 4,
     fps: float = 8.0,
     size: int = 32,
+    cache: str | None = None,
+    threshold: float | None = None,
+    motion_source: str | None = None,
+    heatmap: bool = True,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Generate one video and write ``demo.gif`` and ``demo_strip.png`` into `out_dir`.
 
     The scene comes from `label` (ids) or, without one, from ``scenes.random_scene`` seeded with `seed`; in
-    that case the strip's second row is a rendering of the same scene for comparison. `seed` also seeds the
+    that case the strip's last row is a rendering of the same scene for comparison. `seed` also seeds the
     sampler's noise. Raises `mcgraph.zoo.weights.WeightsError` when the weights are missing or invalid and
     `DemoSettingsError` (a ValueError) for invalid settings. `causal_block_size` defaults to the model's.
+
+    With `cache` (one of `CACHE_POLICIES`; `threshold` and `motion_source` override the policy's defaults,
+    see `make_cache_config`) the video is generated twice from the same seed: uncached (the original model)
+    and through ``mcgraph.optimize`` with that policy. The GIF shows the cached video, the strip has the
+    cached then the uncached row, and `result.cache` (a `CacheComparison`) has the wall times, PSNR and
+    computed-token fraction. With `heatmap`, ``demo_heatmap.gif`` (per schedule row: the window's frames and,
+    per CFG branch, the tokens recomputed) and ``demo_heatmap.png`` (final frames, per-token recompute
+    frequency, computed fraction per model call) are written too. Capturing (once per window shape) happens
+    before either timed run and is reported separately.
     """
 
     def make_config(cbs: int) -> SamplerConfig:
@@ -92,6 +243,12 @@ def run_demo(
             raise DemoSettingsError(str(e)) from None
 
     make_config(causal_block_size or 1)  # fail fast, before the (slower) model load
+    cache_config = None
+    if cache is not None:
+        cache_config = make_cache_config(cache, steps=steps, shift=shift, threshold=threshold,
+                                         motion_source=motion_source)
+    elif threshold is not None or motion_source is not None:
+        raise DemoSettingsError("threshold and motion_source need a cache policy")
     if frames < 1:
         raise DemoSettingsError(f"frames must be >= 1, got {frames}")
     if size < 2 or size % 2:
@@ -122,15 +279,106 @@ def run_demo(
         uncond = encoder(torch.from_numpy(scenes.null_label(1)))
     latent_size = size // 2
     shape = (1, cfg.in_channels, frames, latent_size, latent_size)
-    result = sample(model, shape, cond, uncond, config=config, seed=seed, progress=progress)
-    video = latent_to_video(result.latent)[0].clamp(-1, 1)
-
     out_dir = Path(out_dir)
+    comparison = None
+    if cache_config is None:
+        result = sample(model, shape, cond, uncond, config=config, seed=seed, progress=progress)
+        video = latent_to_video(result.latent)[0].clamp(-1, 1)
+    else:
+        result, video, comparison = _compare_with_cache(
+            model, cache_config, shape, cond, uncond, config, seed, progress, out_dir if heatmap else None, log)
+
     gif = save_gif(video, out_dir / "demo.gif", scale=gif_scale, fps=fps)
-    rows = [video] if reference is None else [video, torch.from_numpy(reference)]
+    rows = [video]
+    if comparison is not None:
+        rows.append(comparison.uncached_video)
+    if reference is not None:
+        rows.append(torch.from_numpy(reference))
     strip = save_strip(rows, out_dir / "demo_strip.png", scale=2)
     return DemoResult(
         gif=gif, strip=strip, video=video, label=ids, description=description, frames=frames,
         segments=len(result.segments), rows=result.rows, model_calls=result.model_calls,
-        wall_time_s=result.wall_time_s,
+        wall_time_s=result.wall_time_s if comparison is None else comparison.cached_wall_time_s, cache=comparison,
     )
+
+
+def _compare_with_cache(model, cache_config, shape, cond, uncond, config: SamplerConfig, seed: int, progress,
+                        heatmap_dir: Path | None, log):
+    """Capture `model` with `cache_config` (every window shape), then generate uncached and cached."""
+    import mcgraph
+
+    batch, channels, frames, h, w = shape
+    _, ph, pw = model.config.patch_size
+    grid_hw = (h // ph, w // pw)
+    use_cfg = uncond is not None and config.guidance_scale != 1.0
+    contexts = ["cond", "uncond"] if use_cfg else ["cond"]
+
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(12345)
+    lengths = list(dict.fromkeys(s.length for s in plan_segments(frames, config.window_frames,
+                                                                 config.overlap_frames)))
+
+    def example(length):
+        return (torch.randn(batch, channels, length, h, w, generator=gen),
+                torch.rand(batch, length, generator=gen) * 1000, cond)
+
+    first = example(lengths[0])
+    opt = mcgraph.optimize(model, cache_config, (), dict(zip(("hidden_states", "timesteps", "context"), first)))
+    with torch.no_grad():
+        for length in lengths:  # capture the other window shapes now, not inside the timed run
+            with opt.cache_context("warmup"):
+                opt(*example(length))
+            opt.reset_cache()
+    capture_time = time.perf_counter() - start
+    log(f"cache: {_describe_config(cache_config)}; capture and rewrite {capture_time:.1f} s "
+        f"({len(lengths)} window shape(s), not timed below)")
+
+    opt.record_decisions()
+    collector = _RowCollector(opt, contexts, grid_hw, keep_frames=heatmap_dir is not None)
+    cpu = time.process_time()
+    base = sample(model, shape, cond, uncond, config=config, seed=seed, progress=progress)
+    base_cpu = time.process_time() - cpu
+    cpu = time.process_time()
+    result = sample(opt, shape, cond, uncond, config=config, seed=seed, progress=progress, on_row=collector)
+    cached_cpu = time.process_time() - cpu - collector.cpu_seconds
+    cached_time = result.wall_time_s - collector.seconds
+
+    video = latent_to_video(result.latent)[0].clamp(-1, 1)
+    base_video = latent_to_video(base.latent)[0].clamp(-1, 1)
+    records = collector.records
+    if records:
+        computed = sum(r.executed for r in records) / sum(r.tokens for r in records)
+        decided = sum(int(r.computed.sum()) for r in records) / sum(r.computed.numel() for r in records)
+        paths = dict(Counter(r.path for r in records))
+    else:
+        computed = decided = 1.0
+        paths = {"full": result.model_calls}
+    comparison = CacheComparison(
+        config=cache_config, uncached_video=base_video, uncached_wall_time_s=base.wall_time_s,
+        cached_wall_time_s=cached_time, uncached_cpu_time_s=base_cpu, cached_cpu_time_s=cached_cpu,
+        capture_time_s=capture_time, psnr_db=psnr(video, base_video),
+        max_abs_diff=(result.latent - base.latent).abs().max().item(), computed_fraction=computed,
+        decided_fraction=decided, calls_by_path=paths,
+    )
+    if heatmap_dir is not None:
+        from .heatmap import write_heatmap_gif, write_summary_png
+
+        title = (f"{_describe_config(cache_config)}: {100 * computed:.1f}% of tokens computed, "
+                 f"PSNR {comparison.psnr_db:.2f} dB vs uncached, wall-time speedup "
+                 f"{comparison.speedup:.2f}x")
+        comparison.heatmap_gif = write_heatmap_gif(collector.steps, heatmap_dir / "demo_heatmap.gif", scale=2,
+                                                   fps=4.0, frame_size=tuple(video.shape[2:]))
+        comparison.heatmap_png = write_summary_png(
+            collector.steps, heatmap_dir / "demo_heatmap.png", video=to_uint8_frames(video),
+            reference=to_uint8_frames(base_video), scale=2, title=title, calls=collector.calls)
+    return result, video, comparison
+
+
+def _describe_config(config) -> str:
+    policy = getattr(config, "policy", "none")
+    if policy == "none":
+        return "none (captured graph, no caching)"
+    text = f"{policy} threshold {config.threshold:g}, final_timestep {config.final_timestep:.1f}"
+    if policy == "motioncache":
+        text += f", motion_source {config.motion_source}"
+    return text

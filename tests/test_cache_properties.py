@@ -205,3 +205,33 @@ def test_drop_in_surface():
         warnings.simplefilter("error")
         out = opt(*_inputs(0).values())  # positional call, like the original
     torch.testing.assert_close(out, model(*_inputs(0).values()), atol=1e-5, rtol=0)
+
+
+def test_history_frames_held_at_a_small_timestep_are_not_forced():
+    """Re-noised history (prefix) frames sit at t=20 every call: that is not their final step each time."""
+    cfg = MotionCacheConfig(threshold=1e9, warmup_steps=1, phase1_computes=0, final_timestep=60.0)
+    _, opt = cached(REF, cfg)
+    records = opt.record_decisions()
+    g = torch.Generator().manual_seed(0)
+    base = _inputs(0)
+    for step in range(4):
+        x = dict(base, hidden_states=base["hidden_states"] + 0.02 * torch.randn(base["hidden_states"].shape, generator=g),
+                 timesteps=torch.full((1, FRAMES), 20.0))
+        opt(**x)
+    assert records[0].computed.all()
+    assert not any(r.computed.any() for r in records[1:])
+
+
+def test_capacity_bucket_extras_are_the_most_overdue_tokens():
+    cfg = MotionCacheConfig(threshold=0.05, warmup_steps=2, capacity_buckets=(0.5, 1.0))
+    _, opt = cached(REF, cfg)
+    step = opt.step
+    selected = torch.zeros(TOKENS, dtype=torch.bool)
+    selected[:10] = True
+    acc = torch.zeros(1, TOKENS)
+    acc[0, 100:400] = torch.linspace(0.01, 0.04, 300)
+    index = step._execution_index(selected, acc, state={})
+    assert index.numel() == TOKENS // 2
+    chosen = set(index.tolist())
+    assert set(range(10)) <= chosen
+    assert set(range(400 - (TOKENS // 2 - 10), 400)) <= chosen  # the largest accumulators fill the bucket

@@ -7,7 +7,8 @@ Requires: split_stack. Guarantees: a GraphModule
 
 that runs every block on the n selected tokens only: every token-axis input is gathered (the residual
 stream, per-token modulation, rotary tables; attention masks on their query rows only), each
-self-attention writes the selected rows' fresh K/V into the layer's cache (`index_copy`, out of place) and
+self-attention writes the selected rows' fresh K/V into the layer's cache (`index_copy_`, in place by
+default, or out of place with `inplace_kv=False`) and
 lets the selected queries attend over all cached rows; cross-attention and MLPs see only the subset.
 Sizes equal to the token count are replaced by the subset's size, and export's shape assertions (which
 hold for the full token count) are dropped. With all tokens selected it computes what the stack computes.
@@ -29,8 +30,14 @@ from .split_stack import StackSplit, _is_shape_assert, _new_module, arg_lookup
 class TokenSubsetStack(GraphPass):
     name = "token_subset"
 
-    def __init__(self, split: StackSplit):
+    def __init__(self, split: StackSplit, inplace_kv: bool = True):
         self.split = split
+        # in place: the eager runtime owns the cache tensors, and copying every layer's whole K/V per call
+        # costs ~5% of a 25% subset call (measured, tools/bench_subset.py); export needs the functional form
+        self.inplace_kv = inplace_kv
+
+    def config(self):
+        return {"inplace_kv": self.inplace_kv}
 
     def call(self, stack: torch.fx.GraphModule) -> PassResult:
         split = self.split
@@ -86,8 +93,9 @@ class TokenSubsetStack(GraphPass):
                 q, k, v = (env[a] for a in n.args[:3])
                 kc, vc = caches[layer]
                 dim = n.args[1].meta["val"].dim() - 2
-                k_full = g.call_function(ATEN.index_copy.default, (kc, dim, index, k))
-                v_full = g.call_function(ATEN.index_copy.default, (vc, dim, index, v))
+                write = ATEN.index_copy_.default if self.inplace_kv else ATEN.index_copy.default
+                k_full = g.call_function(write, (kc, dim, index, k))
+                v_full = g.call_function(write, (vc, dim, index, v))
                 rest = tuple(torch.fx.node.map_arg(a, arg_lookup(g, env)) for a in n.args[3:])
                 kwargs = torch.fx.node.map_arg(dict(n.kwargs), arg_lookup(g, env))
                 env[n] = g.call_function(n.target, (q, k_full, v_full, *rest), kwargs)

@@ -102,11 +102,13 @@ class SamplerConfig:
             )
 
 
-def plan_segments(num_frames: int, window_frames: int | None, overlap_frames: int) -> list[Segment]:
-    """Windows covering `num_frames`: [0, W), then each next one starts `overlap_frames` before the end."""
+def plan_segments(num_frames: int, window_frames: int | None, overlap_frames: int,
+                  history_frames: int = 0) -> list[Segment]:
+    """Windows covering `num_frames`: [0, W), then each next one starts `overlap_frames` before the end.
+    With `history_frames` given frames, the first window starts with them as its clean prefix."""
     num_frames = _check_int(num_frames, "num_frames", 1)
     window = num_frames if window_frames is None else min(window_frames, num_frames)
-    segments = [Segment(0, 0, window, 0)]
+    segments = [Segment(0, 0, window, history_frames)]
     while segments[-1].end < num_frames:
         start = segments[-1].end - overlap_frames
         end = min(start + window, num_frames)
@@ -157,6 +159,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool | Any = False,
     on_row: Callable[[RowInfo], None] | None = None,
+    history: torch.Tensor | None = None,
     **overrides,
 ) -> SampleResult:
     """Generate a latent of `shape` [B, C, F, H, W] by diffusion forcing.
@@ -164,7 +167,8 @@ def sample(
     Settings come from `config` (a `SamplerConfig`) updated by keyword `overrides` (its field names, e.g.
     ``steps=8, guidance_scale=4``). Noise is drawn on the CPU from `generator`, or from a fresh generator
     seeded with `seed`, so a seed gives the same result on every device. `progress` is True for a tqdm
-    bar over rows (on stderr) or an existing tqdm-like object with ``update(n)``.
+    bar over rows (on stderr) or an existing tqdm-like object with ``update(n)``. `history` [B, C, P, H, W]:
+    clean frames to continue from (whole chunks); they are the first window's prefix and the output's start.
     """
     config = config or SamplerConfig()
     unknown = set(overrides) - {f.name for f in fields(SamplerConfig)}
@@ -183,7 +187,17 @@ def sample(
     g = config.guidance_scale
     context, reset = _model_hooks(model)
 
-    segments = plan_segments(num_frames, config.window_frames, config.overlap_frames)
+    history_frames = 0
+    if history is not None:
+        history_frames = history.shape[2]
+        if (history.dim() != 5 or history.shape[0] != batch or history.shape[1] != shape[1]
+                or tuple(history.shape[3:]) != tuple(shape[3:])):
+            raise ValueError(f"history must be [B, C, P, H, W] matching shape {tuple(shape)}, got {tuple(history.shape)}")
+        window = num_frames if config.window_frames is None else min(config.window_frames, num_frames)
+        if history_frames % config.causal_block_size or history_frames >= window:
+            raise ValueError(f"history of {history_frames} frames must be whole chunks of causal_block_size="
+                             f"{config.causal_block_size} and shorter than the window ({window})")
+    segments = plan_segments(num_frames, config.window_frames, config.overlap_frames, history_frames)
     schedules = [
         diffusion_forcing_schedule(s.length, config.causal_block_size, config.ar_step, config.steps, s.prefix)
         for s in segments
@@ -200,7 +214,7 @@ def sample(
         bar = progress
 
     calls = 0
-    out: torch.Tensor | None = None
+    out: torch.Tensor | None = None if history is None else history.to(device=device, dtype=dtype)
     start_time = time.perf_counter()
     try:
         with torch.no_grad():

@@ -1,0 +1,233 @@
+"""`mcgraph bench`: the command line of `mcgraph.bench` (registration is cheap; torch is imported on run)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+
+POLICY_NAMES = ("none", "teacache", "flowcache", "motioncache")
+from .config import MOTION_SOURCES as SOURCE_NAMES  # light import (dataclasses only)
+
+
+def _csv(kind, choices=None, name="value"):
+    def parse(text: str):
+        parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {name}s")
+        out = []
+        for p in parts:
+            if choices is not None and p not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {name} {p!r}; choose from {', '.join(choices)}")
+            try:
+                out.append(kind(p))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a valid {name}: {p!r}") from None
+        return tuple(out)
+
+    return parse
+
+
+def _threads(text: str):
+    out = []
+    for p in (x.strip() for x in text.split(",")):
+        if not p:
+            continue
+        if p == "all":
+            out.append(os.cpu_count() or 1)
+            continue
+        try:
+            n = int(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"thread counts are integers or 'all', got {p!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {n}")
+        out.append(n)
+    if not out:
+        raise argparse.ArgumentTypeError("no thread count given")
+    return tuple(dict.fromkeys(out))
+
+
+def _threshold_spec(text: str):
+    """POLICY=T1,T2,... (e.g. motioncache=0.05,0.1)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected POLICY=T1,T2,..., got {text!r}")
+    policy, values = text.split("=", 1)
+    policy = policy.strip()
+    if policy not in ("teacache", "flowcache", "motioncache"):
+        raise argparse.ArgumentTypeError(f"thresholds are for teacache, flowcache or motioncache, got {policy!r}")
+    vals = _csv(float, name="threshold")(values)
+    if any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"thresholds must be >= 0, got {vals}")
+    return policy, vals
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The options given, as a command line that reproduces the run."""
+    parts = ["mcgraph", "bench"]
+    if args.quick:
+        parts.append("--quick")
+
+    def joined(v):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+
+    for opt in ("seeds", "policies", "motion_sources", "threads"):
+        value = getattr(args, opt)
+        if value is not None:
+            parts += ["--" + opt.replace("_", "-"), joined(value)]
+    for policy, values in args.thresholds or ():
+        parts += ["--thresholds", f"{policy}={joined(values)}"]
+    for opt in ("repeats", "steps", "frames", "window", "overlap", "ar_step", "guidance", "shift", "addnoise",
+                "weights", "peer_model", "peer_steps"):
+        value = getattr(args, opt)
+        if value is not None:
+            parts += ["--" + opt.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.peers:
+        parts.append("--peers")
+    parts += ["--out", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def add_bench_command(subparsers) -> None:
+    from .cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark speed, FLOPs and fidelity of every cache policy (JSON, Markdown, plots)",
+        description=(
+            "Generate videos with the bundled reference model by diffusion forcing, uncached and under each cache "
+            "policy over a threshold sweep, for several seeds; measure wall time (median of repeats, side by side "
+            "with the uncached run), FLOPs (torch.utils.flop_counter over the real cached calls), tokens computed, "
+            "PSNR/SSIM vs the uncached video (whole, moving and static regions) and cache memory. Writes "
+            "DIR/bench.json (validated against mcgraph/bench_schema.json), DIR/report.md, DIR/results.md (README "
+            "'Results' section) and PNG plots. --peers adds diffusers' Wan transformer under diffusers' own cache "
+            "hooks and mcgraph's policies. --from-json regenerates the reports and plots from an existing JSON."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR", help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sweep for CI (1 seed, 16 steps, 12 frames, one threshold per policy; < 2 minutes)")
+    p.add_argument("--seeds", type=_csv(int, name="seed"), default=None, metavar="S1,S2,...",
+                   help="seeds (scene and noise); default 0,1,2 (quick: 0)")
+    p.add_argument("--policies", type=_csv(str, POLICY_NAMES, "policy"), default=None, metavar="P1,P2,...",
+                   help="policies to run: " + ", ".join(POLICY_NAMES) + " (default: all)")
+    p.add_argument("--thresholds", type=_threshold_spec, action="append", default=None, metavar="POLICY=T1,T2",
+                   help="threshold sweep of one policy (repeatable), e.g. --thresholds motioncache=0.05,0.1,0.2; "
+                        "default teacache=0.1,0.4, flowcache=0.05,0.1,0.2, motioncache=0.05,0.1,0.2 (quick: 0.1 each)")
+    p.add_argument("--motion-sources", type=_csv(str, SOURCE_NAMES, "motion source"), default=None,
+                   metavar="SRC,...", help="MotionCache motion_source values to compare: " + ", ".join(SOURCE_NAMES)
+                        + " (default: all; quick: hidden)")
+    p.add_argument("--repeats", type=int, default=None, help="timed generations per run and thread count; the "
+                                                             "median is reported (default 1)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N,...",
+                   help="torch thread counts to time with, e.g. 1,all (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 50; quick 16)")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default 28; quick 12)")
+    p.add_argument("--window", type=int, default=None, metavar="FRAMES", help="frames per window (default 16; quick 8)")
+    p.add_argument("--overlap", type=int, default=None, metavar="FRAMES", help="history frames (default 4)")
+    p.add_argument("--ar-step", type=int, default=None, help="rows by which each chunk lags the previous (default 4)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--shift", type=float, default=None, help="timestep shift (default 2)")
+    p.add_argument("--addnoise", type=float, default=None, metavar="T",
+                   help="re-noise the history frames to timestep T (SkyReels-V2 addnoise_condition; default 20; "
+                        "0: off)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE", help="reference weights (default: bundled)")
+    p.add_argument("--peers", action="store_true",
+                   help="also compare on diffusers' WanTransformer3DModel: FirstBlockCache, PyramidAttentionBroadcast, "
+                        "TaylorSeer vs mcgraph's policies")
+    p.add_argument("--peer-model", choices=("wan-tiny", "wan-bench"), default=None,
+                   help="peer model size (default wan-bench: 4 layers, dim 128, 512 tokens; quick: wan-tiny)")
+    p.add_argument("--peer-steps", type=int, default=None, help="steps of the peer sampling loop (default 50)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="do not run: rewrite report.md, results.md and the plots (no strip) from FILE into --out")
+    p.add_argument("--readme", action="store_true", help="print the README 'Results' section when done")
+    p.add_argument("--readme-plots-dir", default=None, metavar="PATH",
+                   help="where the README finds the plots (relative to it); default: --out as given")
+    p.set_defaults(func=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    import json
+
+    from .cli import UsageError
+
+    if args.from_json is not None:
+        from .bench import markdown_report, results_section, validate, write_plots
+
+        data = json.loads(args.from_json.read_text())
+        validate(data)
+        args.out.mkdir(parents=True, exist_ok=True)
+        arts = data.setdefault("artifacts", {})
+        if not args.no_plots:
+            plots = write_plots(data, args.out)  # the frame strip needs the videos: kept if already there
+            strip = args.out / "strip.png"
+            if strip.is_file() and str(strip) not in plots:
+                plots.append(str(strip))
+            arts["plots"] = plots or arts.get("plots", [])
+        (args.out / "report.md").write_text(markdown_report(data) + "\n")
+        section = results_section(data, args.readme_plots_dir or str(args.out))
+        (args.out / "results.md").write_text(section + "\n")
+        print(f"wrote {args.out / 'report.md'} and {args.out / 'results.md'}")
+        if args.readme:
+            print(section)
+        return 0
+
+    import torch
+
+    from .bench import BenchSettings, quick_settings, run_bench, write_outputs
+
+    over = {}
+    if args.seeds is not None:
+        over["seeds"] = args.seeds
+    if args.policies is not None:
+        over["policies"] = args.policies
+    if args.motion_sources is not None:
+        over["motion_sources"] = args.motion_sources
+    if args.repeats is not None:
+        over["repeats"] = args.repeats
+    if args.threads is not None:
+        over["threads"] = args.threads
+    for name, attr in (("steps", "steps"), ("frames", "frames"), ("window", "window_frames"),
+                       ("overlap", "overlap_frames"), ("ar_step", "ar_step"), ("guidance", "guidance_scale"),
+                       ("shift", "shift"), ("addnoise", "addnoise_condition"), ("peer_model", "peer_model"),
+                       ("peer_steps", "peer_steps")):
+        value = getattr(args, name)
+        if value is not None:
+            over[attr] = value
+    if args.weights is not None:
+        over["weights"] = str(args.weights)
+    over["peers"] = bool(args.peers)
+    try:
+        settings = quick_settings(**over) if args.quick else BenchSettings(**over)
+        if args.thresholds:
+            th = dict(settings.thresholds)
+            for policy, values in args.thresholds:
+                th[policy] = values
+            settings.thresholds = {k: tuple(v) for k, v in th.items()}
+            settings.__post_init__()
+        from .sampler import SamplerConfig
+        from .zoo.weights import BUNDLED_WEIGHTS, read_metadata
+
+        weights = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
+        try:
+            cbs = int(read_metadata(weights)["config"]["causal_block_size"])
+        except Exception:  # missing/invalid weights: load_reference reports it clearly later
+            cbs = 1
+        SamplerConfig(**settings.sampler_kwargs(cbs))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    torch.set_num_threads(settings.threads[0])
+    command = _command_line(args)
+    data = run_bench(settings, progress=not args.no_progress, command=command)
+    arts = write_outputs(data, args.out, plots=not args.no_plots,
+                         readme_plots_dir=args.readme_plots_dir or str(args.out))
+    print(f"wrote {arts['json']}, {arts['report']}, {arts['results']}"
+          + (f" and {len(arts['plots'])} plots" if arts["plots"] else ""))
+    print(f"elapsed {data['elapsed_s']:.1f} s")
+    if args.readme:
+        print((Path(arts["results"])).read_text())
+    return 0

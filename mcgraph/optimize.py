@@ -142,6 +142,17 @@ class OptimizedModule(torch.nn.Module):
                     total += v.numel() * v.element_size()
         return total
 
+    def stack_inputs(self, *args, **kwargs) -> list:
+        """Run the prologue on a call's inputs and return what the block stack reads (stack / subset_stack
+        arguments), for benchmarks and tests that drive `self.step.stack` / `self.step.subset_stack` by hand."""
+        spec = self.__dict__["_specialisations"][-1]
+        if spec.step is None:
+            raise ConfigError("stack_inputs needs a caching config (the stack is only split out for caching)")
+        bound = bind_call(self.original_module, args, kwargs)
+        flat = fx_pytree.tree_flatten_spec(((), bound), spec.captured.graph_module.graph._codegen.pytree_info.in_spec)
+        values = dict(zip(spec.step.boundary, spec.step.prologue(*flat)[:-1]))
+        return [values[n] for n in spec.step.stack_inputs]
+
     # ------------------------------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
         specs = self.__dict__["_specialisations"]

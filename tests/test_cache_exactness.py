@@ -86,17 +86,8 @@ def test_threshold_zero_reproduces_wan_generation():
 def test_token_subset_stack_matches_full_stack_rows(name):
     subject, opt = cached(name, MotionCacheConfig(threshold=0.0))
     step = opt.step
-    import torch.fx._pytree as fx_pytree
-
-    from mcgraph.capture import bind_call
-
-    bound = bind_call(subject.model, (), subject.make_kwargs(seed=11))
-    info = opt.captured.graph_module.graph._codegen.pytree_info
-    flat = fx_pytree.tree_flatten_spec(((), bound), info.in_spec)
     with torch.no_grad():
-        pro = step.prologue(*flat)
-        values = dict(zip(step.boundary, pro[:-1]))
-        stack_in = [values[n] for n in step.stack_inputs]
+        stack_in = opt.stack_inputs(**subject.make_kwargs(seed=11))
         h_full, *kv = step.stack(*stack_in)
         tokens = h_full.shape[1]
         g = torch.Generator().manual_seed(0)
@@ -113,16 +104,8 @@ def test_subset_attends_to_stale_cache_rows():
     """Non-selected rows must come from the cache: poisoning them changes the selected tokens' output."""
     subject, opt = cached("reference-untrained", MotionCacheConfig(threshold=0.0))
     step = opt.step
-    import torch.fx._pytree as fx_pytree
-
-    from mcgraph.capture import bind_call
-
-    bound = bind_call(subject.model, (), subject.kwargs)
-    flat = fx_pytree.tree_flatten_spec(((), bound), opt.captured.graph_module.graph._codegen.pytree_info.in_spec)
     with torch.no_grad():
-        pro = step.prologue(*flat)
-        values = dict(zip(step.boundary, pro[:-1]))
-        stack_in = [values[n] for n in step.stack_inputs]
+        stack_in = opt.stack_inputs(**subject.kwargs)
         h_full, *kv = step.stack(*stack_in)
         index = torch.arange(0, h_full.shape[1], 2)
         poisoned = [t + 1.0 for t in kv]

@@ -273,9 +273,7 @@ def bench_model(name: str, repeats: int, fraction: float, seed: int, profile: bo
     flat = fx_pytree.tree_flatten_spec(((), bound), opt.captured.graph_module.graph._codegen.pytree_info.in_spec)
 
     with torch.no_grad():
-        pro = step.prologue(*flat)
-        values = dict(zip(step.boundary, pro[:-1]))
-        stack_in = [values[n] for n in step.stack_inputs]
+        stack_in = opt.stack_inputs(**kwargs)
         h_full, *kv = step.stack(*stack_in)
         batch, tokens, dim = h_full.shape
         n_sel = max(1, round(fraction * tokens))
@@ -322,7 +320,7 @@ def bench_model(name: str, repeats: int, fraction: float, seed: int, profile: bo
             return step.epilogue(h_l, *[v[n] for n in step.epilogue_inputs])
 
         outputs = pro_epi()
-        indicator = pro[-1]
+        indicator = step.prologue(*flat)[-1]
         prev = indicator * (1 + 0.01 * torch.randn(indicator.shape, generator=g))
         cfg = MotionCacheConfig(threshold=0.1)
         acc = torch.rand(batch, tokens, generator=g) * 0.1

@@ -3,7 +3,7 @@
 
     python tools/compare_flow_motion.py
 """
-import torch, numpy as np, sys, json
+import torch, numpy as np
 torch.set_num_threads(1)
 import mcgraph
 from mcgraph.config import MotionCacheConfig, FlowCacheConfig

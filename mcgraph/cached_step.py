@@ -2,8 +2,9 @@
 
 State per context is a dict of tensors (nothing hidden in buffers): the indicator of the last call, the
 per-token accumulators, compute counts and motion weights, the block-stack residual R = h_L - h_0, and each
-self-attention layer's K and V for every token. `CachedStep.run` never mutates its input state; it returns
-a new one (so the same function serves eager, compile and export).
+self-attention layer's K and V for every token. `CachedStep.run` returns a new state rather than mutating its input,
+except that the token-subset stack writes fresh K/V rows into the cache tensors in place
+(the eager default; `TokenSubsetStack(inplace_kv=False)` gives the purely functional form export needs).
 """
 
 from __future__ import annotations

@@ -21,3 +21,22 @@ def tiny_dit_config():
         in_channels=4, out_channels=4, dim=24, num_heads=2, num_layers=2, ffn_dim=32, context_dim=8,
         freq_dim=16, causal_block_size=2,
     )
+
+
+TINY_WEIGHTS_STEP = 123
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """Random weights with the reference model's interface (12 latent channels, label encoder) but tiny, for
+    CLI / demo / bench runs that take seconds; two blocks, the fewest the block-stack analysis accepts."""
+    from mcgraph.zoo.causal_dit import CausalDiTConfig
+    from mcgraph.zoo.scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
+    from mcgraph.zoo.weights import build_reference, save_reference
+
+    cfg = CausalDiTConfig(dim=24, num_heads=2, num_layers=2, ffn_dim=32, context_dim=16, freq_dim=16,
+                          label_vocab_size=LABEL_VOCAB_SIZE, label_length=LABEL_LENGTH)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_reference(path, *build_reference(cfg), info={"step": TINY_WEIGHTS_STEP})
+    return path

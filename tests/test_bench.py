@@ -7,6 +7,8 @@ import json
 import math
 
 import pytest
+
+from tests.conftest import TINY_WEIGHTS_STEP
 import torch
 
 from mcgraph.bench import (
@@ -19,20 +21,8 @@ from mcgraph.bench import (
     validate,
 )
 from mcgraph.cli import main
-from mcgraph.zoo.causal_dit import CausalDiTConfig
-from mcgraph.zoo.scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
-from mcgraph.zoo.weights import build_reference, save_reference
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """Random weights with the reference model's interface but tiny, so the whole sweep takes seconds."""
-    cfg = CausalDiTConfig(dim=24, num_heads=2, num_layers=2, ffn_dim=32, context_dim=16, freq_dim=16,
-                          label_vocab_size=LABEL_VOCAB_SIZE, label_length=LABEL_LENGTH)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_reference(path, *build_reference(cfg), info={"step": 123})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def test_quick_bench_writes_valid_json(quick_run):
     jsonschema.Draft202012Validator.check_schema(load_schema())
     assert SCHEMA_PATH.name == "bench_schema.json"
     env = data["environment"]
-    assert env["torch"] == torch.__version__ and env["checkpoint"]["step"] == 123 and env["threads"] == [1]
+    assert env["torch"] == torch.__version__ and env["checkpoint"]["step"] == TINY_WEIGHTS_STEP and env["threads"] == [1]
     s = data["settings"]
     assert s["quick"] and s["steps"] == 12 and s["frames"] == 12 and s["thresholds"]["motioncache"] == [0.05, 0.1]
     assert data["generation"]["segments"] == 2 and data["generation"]["calls_per_row"] == 2

@@ -3,24 +3,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from mcgraph.cli import build_parser, main
-from mcgraph.zoo.causal_dit import CausalDiTConfig
-from mcgraph.zoo.scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
-from mcgraph.zoo.weights import BUNDLED_WEIGHTS, build_reference, save_reference
+from mcgraph.zoo.scenes import LABEL_VOCAB_SIZE
+from mcgraph.zoo.weights import BUNDLED_WEIGHTS
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """Random weights with the reference model's interface (12 latent channels, label encoder), but tiny."""
-    cfg = CausalDiTConfig(dim=24, num_heads=2, num_layers=1, ffn_dim=32, context_dim=16, freq_dim=16,
-                          label_vocab_size=LABEL_VOCAB_SIZE, label_length=LABEL_LENGTH)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_reference(path, *build_reference(cfg), info={"step": 0})
-    return path
 
 
 def run(*argv):

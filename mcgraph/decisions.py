@@ -20,11 +20,6 @@ import torch
 from .config import FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
 
 
-def relative_l1(x: torch.Tensor, prev: torch.Tensor, dims, eps: float = 1e-8) -> torch.Tensor:
-    """mean |x - prev| / (mean |prev| + eps) over `dims` (TeaCache's indicator distance)."""
-    return (x - prev).abs().mean(dims) / (prev.abs().mean(dims) + eps)
-
-
 def chunk_mean(values: torch.Tensor, frames: int, chunk_frames: int) -> torch.Tensor:
     """[B, L] -> [B, L]: every token gets the mean over its chunk of `chunk_frames` frames (last chunk may be short)."""
     b, n = values.shape

@@ -23,10 +23,6 @@ PASS_THROUGH = (
 PROJECTIONS = (ATEN.linear, ATEN.addmm, ATEN.mm, ATEN.matmul, ATEN.bmm)
 
 
-def tensor_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
-    return [a for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)]
-
-
 def find_producer(start: torch.fx.Node, match: Callable[[torch.fx.Node], bool], max_depth: int = 40) -> torch.fx.Node | None:
     """Nearest node upstream of `start` (itself included) that `match`es, walking only through PASS_THROUGH ops
     and getitem. Breadth-first, so the closest producer wins."""

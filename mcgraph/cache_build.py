@@ -23,6 +23,8 @@ def build_cached_step(model, captured: CapturedGraph, structure: ModelStructure,
     gm = captured.graph_module
     split = PassManager([SplitStack()], dump_dir=dump_dir).run(gm).info["split_stack"]["split"]
     subset = PassManager([TokenSubsetStack(split)], verify=False, dump_dir=dump_dir).run(split.stack).graph_module
+    # the out-of-place twin: compiled and exported step graphs must not mutate their inputs
+    subset_functional = PassManager([TokenSubsetStack(split, inplace_kv=False)], verify=False).run(split.stack).graph_module
 
     # run every new graph once on the capture's example inputs: refreshes shape metadata, proves they execute
     example = getattr(captured, "example_bound", None)
@@ -36,16 +38,18 @@ def build_cached_step(model, captured: CapturedGraph, structure: ModelStructure,
     tokens = h_l.shape[1]
     index = torch.arange(0, tokens, 2)
     propagate(subset, *stack_in, index, *kv)
+    propagate(subset_functional, *stack_in, index, *kv)
     propagate(split.epilogue, h_l, *[values[n] for n in split.epilogue_inputs])
     for name, g in (("split_stack.prologue", split.prologue), ("split_stack.stack", split.stack),
-                    ("token_subset", subset), ("split_stack.epilogue", split.epilogue)):
+                    ("token_subset", subset), ("token_subset.functional", subset_functional), ("split_stack.epilogue", split.epilogue)):
         verify_graph(g, name)
 
     batch = h_l.shape[0]
     kv_per_token = sum(t.numel() for t in kv) // max(1, batch * tokens)
     input_names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     return CachedStep(config=config, structure=structure, prologue=split.prologue, stack=split.stack,
-                      subset_stack=subset, epilogue=split.epilogue, boundary=split.boundary,
+                      subset_stack=subset, subset_stack_functional=subset_functional, epilogue=split.epilogue, boundary=split.boundary,
                       stack_inputs=split.stack_inputs, epilogue_inputs=split.epilogue_inputs,
                       stream_input=split.stream_input, input_names=input_names, chunk_frames=chunk_frames,
-                      kv_floats_per_token=kv_per_token)
+                      kv_floats_per_token=kv_per_token, kv_example_shapes=[tuple(t.shape) for t in kv],
+                      example_batch=batch, kv_dtype=kv[0].dtype if kv else h_l.dtype)

@@ -37,12 +37,45 @@ class StepRecord:
 
 
 @dataclass
+class Front:
+    """What the prologue produced for one call, and the call's geometry."""
+
+    values: dict  # boundary name -> value
+    indicator: torch.Tensor  # [B, L, C]
+    stack_in: list
+    h0: torch.Tensor  # [B, L, D] the stream entering block 0
+    batch: int
+    tokens: int
+    dim: int
+    frames: int
+    per_frame: int
+
+
+def bucket_sizes(buckets, tokens: int) -> list[int]:
+    """Token counts of the capacity buckets (fractions of `tokens`), ascending, the last one all tokens."""
+    sizes = sorted({min(tokens, max(1, round(b * tokens))) for b in buckets})
+    return sizes if sizes[-1] == tokens else [*sizes, tokens]
+
+
+def select_tokens(selected: torch.Tensor, acc: torch.Tensor, k: int) -> torch.Tensor:
+    """The k tokens to run, ascending: every selected one, then those with the largest accumulated distance.
+
+    The score is made unique (float64, a tiny index term) so that eager, compiled and ONNX Runtime top-k pick
+    the same tokens: their tie-breaking rules differ."""
+    tokens = selected.shape[0]
+    order = torch.arange(tokens, device=selected.device, dtype=torch.float64)
+    score = selected.double() * 1e12 + acc.sum(0).double() - order * 1e-9
+    return score.topk(k).indices.sort().values
+
+
+@dataclass
 class CachedStep:
     config: ReuseConfig
     structure: ModelStructure
     prologue: torch.nn.Module
     stack: torch.nn.Module
-    subset_stack: torch.nn.Module
+    subset_stack: torch.nn.Module  # writes K/V rows in place (eager)
+    subset_stack_functional: torch.nn.Module  # the same, out of place (compile / export)
     epilogue: torch.nn.Module
     boundary: list[str]
     stack_inputs: list[str]
@@ -51,6 +84,9 @@ class CachedStep:
     input_names: list[str]  # flat input names (graph placeholders)
     chunk_frames: int
     kv_floats_per_token: int  # K+V elements per token summed over layers (per batch sample)
+    kv_example_shapes: list  # every layer's K and V shape on the build example (batch first, tokens second-last)
+    example_batch: int
+    kv_dtype: torch.dtype
     records: list[StepRecord] = field(default_factory=list)
     record: bool = False
 
@@ -83,95 +119,137 @@ class CachedStep:
         per_token = 2 * dim * elem + self.kv_floats_per_token * elem + 3 * 4  # R, indicator, KV, acc/computes/w
         return batch * tokens * per_token
 
-    # --------------------------------------------------------------------------------------------- run
-    def run(self, flat: list, state: dict | None, context: str = "default"):
-        cfg = self.config
+    def kv_shapes(self, batch: int, tokens: int) -> list[tuple[int, ...]]:
+        """Shapes of every layer's K and V cache for a call with `batch` samples and `tokens` tokens."""
+        out = []
+        for shape in self.kv_example_shapes:
+            s = list(shape)
+            s[0] = s[0] // self.example_batch * batch
+            s[-2] = tokens
+            out.append(tuple(s))
+        return out
+
+    # ------------------------------------------------------------------------------- the shared stages
+    def front(self, flat) -> Front:
+        """Run the prologue (everything before the blocks) and read the call's geometry."""
         pro = self.prologue(*flat)
         values = dict(zip(self.boundary, pro[:-1]))
-        indicator = pro[-1]
-        stack_in = [values[n] for n in self.stack_inputs]
         h0 = values[self.stream_input]
         batch, tokens, dim = h0.shape
         frames, per_frame = self._geometry(flat)
         if frames * per_frame != tokens:
             raise McGraphError(f"token grid {frames}x{per_frame} does not match {tokens} tokens")
-        if cfg.max_cache_bytes is not None and state is None:
-            need = self.state_bytes(batch, tokens, dim, h0.dtype)
-            if need > cfg.max_cache_bytes:
-                raise CacheMemoryError(
-                    f"cache state for context {context!r} needs {need / 2**20:.1f} MiB "
-                    f"(batch {batch}, {tokens} tokens, hidden {dim}, {len(self.subset_stack_layers())} attention "
-                    f"layers), over max_cache_bytes = {cfg.max_cache_bytes / 2**20:.1f} MiB")
+        return Front(values, pro[-1], [values[n] for n in self.stack_inputs], h0, batch, tokens, dim, frames,
+                     per_frame)
 
-        if state is None:
-            update = torch.ones(batch, tokens, dtype=torch.bool, device=h0.device)
-            acc = torch.zeros(batch, tokens, device=h0.device)
-            computes = torch.zeros(batch, tokens, dtype=torch.int32, device=h0.device)
-            weights = torch.ones(batch, tokens, device=h0.device)
-            computes = computes + 1
+    def initial_state(self, front: Front) -> dict:
+        """The state before a context's first call: nothing computed yet (computes 0), so that call computes
+        every token whatever the policy; the same tensors are the first inputs of an exported step graph."""
+        b, n, dev = front.batch, front.tokens, front.h0.device
+        state = {
+            "indicator": torch.zeros_like(front.indicator),
+            "acc": torch.zeros(b, n, device=dev),
+            "computes": torch.zeros(b, n, dtype=torch.int32, device=dev),
+            "weights": torch.ones(b, n, device=dev),
+            "residual": torch.zeros_like(front.h0),
+        }
+        if self.has_timesteps:
+            state["timesteps"] = torch.full((b, n), float("inf"), device=dev)
+        if self.wants_instability:
+            state["instability"] = torch.zeros(b, n, device=dev)
+        state["kv"] = [torch.zeros(s, dtype=self.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]
+        return state
+
+    def decide_tokens(self, flat, front: Front, state: dict):
+        """(recompute mask U [B, L], new acc, new computes) from the indicator's change since the last call."""
+        cfg = self.config
+        frames = front.frames
+        num = (front.indicator - state["indicator"]).abs().mean(-1).float()  # [B, L]
+        den = state["indicator"].abs().mean(-1).float()
+        dist = num / (den + 1e-8)
+        chunk_dist = chunk_mean(num, frames, self.chunk_frames) / (chunk_mean(den, frames, self.chunk_frames) + 1e-8)
+        sample_dist = num.mean(1) / (den.mean(1) + 1e-8)
+        t_tok = self._token_timesteps(flat, front.batch, frames, front.per_frame)
+        if t_tok is None:
+            final = torch.zeros_like(dist, dtype=torch.bool)
         else:
-            num = (indicator - state["indicator"]).abs().mean(-1).float()  # [B, L]
-            den = state["indicator"].abs().mean(-1).float()
-            dist = num / (den + 1e-8)
-            chunk_dist = chunk_mean(num, frames, self.chunk_frames) / (chunk_mean(den, frames, self.chunk_frames) + 1e-8)
-            sample_dist = num.mean(1) / (den.mean(1) + 1e-8)
-            t_tok = self._token_timesteps(flat, batch, frames, per_frame)
-            if t_tok is None:
-                final = torch.zeros_like(dist, dtype=torch.bool)
-            else:
-                # a token's final step is the call where its timestep *drops* into (0, final_timestep]; a
-                # history frame held at a small timestep (re-noised prefix) is not at its final step every call
-                t_prev = state.get("timesteps")
-                dropped = torch.ones_like(dist, dtype=torch.bool) if t_prev is None else t_tok < t_prev
-                final = (t_tok > 0) & (t_tok <= cfg.final_timestep) & dropped
-            weights = state["weights"]
-            update, acc, computes = decide(cfg, dist, chunk_dist, sample_dist, state["acc"], state["computes"],
-                                           final, weights, frames, self.chunk_frames)
+            # a token's final step is the call where its timestep *drops* into (0, final_timestep]; a
+            # history frame held at a small timestep (re-noised prefix) is not at its final step every call
+            final = (t_tok > 0) & (t_tok <= cfg.final_timestep) & (t_tok < state["timesteps"])
+        return decide(cfg, dist, chunk_dist, sample_dist, state["acc"], state["computes"], final, state["weights"],
+                      frames, self.chunk_frames)
+
+    def finish(self, flat, front: Front, state: dict, update, acc, computes, h_l, residual, kv, fresh, outputs):
+        """The new state after a call: motion weights of this call's output, the updated accumulators."""
+        cfg = self.config
+        weights = state["weights"]
+        new_state = {"indicator": front.indicator, "acc": acc, "computes": computes, "weights": weights,
+                     "residual": residual}
+        if self.has_timesteps:
+            t_now = self._token_timesteps(flat, front.batch, front.frames, front.per_frame)
+            new_state["timesteps"] = state["timesteps"] if t_now is None else t_now
+        if self.wants_instability:
+            # observed instability of the rows just recomputed (and computed before): how much R moved since cached
+            old = state["residual"]
+            change = (residual - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
+            observed = fresh[None, :] & (state["computes"] > 0)
+            new_state["instability"] = torch.where(observed, change.float(), state["instability"])
+            new_state["weights"] = normalise_per_frame(new_state["instability"], front.frames, cfg.weight_floor)
+        elif isinstance(cfg, MotionCacheConfig):
+            new_state["weights"] = self._motion_weights(cfg, h_l, flat, outputs, front.frames, front.per_frame)
+        new_state["kv"] = list(kv)
+        return new_state
+
+    # --------------------------------------------------------------------------------------------- run
+    def run(self, flat: list, state: dict | None, context: str = "default"):
+        """Eager call: Python chooses the path and the exact (or bucketed) number of tokens to run."""
+        cfg = self.config
+        front = self.front(flat)
+        if state is None:
+            if cfg.max_cache_bytes is not None:
+                need = self.state_bytes(front.batch, front.tokens, front.dim, front.h0.dtype)
+                if need > cfg.max_cache_bytes:
+                    raise CacheMemoryError(
+                        f"cache state for context {context!r} needs {need / 2**20:.1f} MiB "
+                        f"(batch {front.batch}, {front.tokens} tokens, hidden {front.dim}, {len(self.kv_example_shapes) // 2} "
+                        f"attention layers), over max_cache_bytes = {cfg.max_cache_bytes / 2**20:.1f} MiB")
+            state = self.initial_state(front)
+        update, acc, computes = self.decide_tokens(flat, front, state)
 
         selected = update.any(0)  # tokens any sample needs: run once for the whole batch
         index = self._execution_index(selected, acc, state)
+        tokens, h0 = front.tokens, front.h0
         n = index.numel() if index is not None else tokens
-        if state is None or n == tokens:
-            h_l, *kv = self.stack(*stack_in)
+        if n == tokens:
+            h_l, *kv = self.stack(*front.stack_in)
             residual = h_l - h0
+            fresh = torch.ones(tokens, dtype=torch.bool, device=h0.device)
             path = "full"
         elif n == 0:
             h_l = h0 + state["residual"]
             residual = state["residual"]
             kv = state["kv"]
+            fresh = torch.zeros(tokens, dtype=torch.bool, device=h0.device)
             path = "skip"
         else:
-            h_sel, *kv = self.subset_stack(*stack_in, index, *state["kv"])
+            h_sel, *kv = self.subset_stack(*front.stack_in, index, *state["kv"])
             residual = state["residual"].index_copy(1, index, h_sel - h0.index_select(1, index))
             h_l = h0 + residual
+            fresh = torch.zeros(tokens, dtype=torch.bool, device=h0.device).index_fill(0, index, True)
             path = "subset"
-        outputs = self.epilogue(h_l, *[values[n_] for n_ in self.epilogue_inputs])
-        instability = state.get("instability") if state is not None else None
-        wants_instability = isinstance(cfg, MotionCacheConfig) and cfg.motion_source == "residual"
-        if wants_instability and path != "skip" and state is not None:
-            # observed residual instability of the rows just recomputed: how much R moved since they were cached
-            change = (residual - state["residual"]).abs().mean(-1) / (state["residual"].abs().mean(-1) + 1e-8)
-            fresh = update if index is None else torch.zeros_like(update).index_fill(1, index, True)
-            instability = torch.where(fresh, change.float(), instability if instability is not None else change.float())
-        if isinstance(cfg, MotionCacheConfig):
-            if cfg.motion_source == "residual":
-                if instability is not None:
-                    weights = normalise_per_frame(instability, frames, cfg.weight_floor)
-            else:
-                weights = self._motion_weights(cfg, h_l, flat, outputs, frames, per_frame)
-        new_state = {"indicator": indicator, "acc": acc, "computes": computes, "weights": weights,
-                     "residual": residual, "kv": list(kv)}
-        if instability is not None:
-            new_state["instability"] = instability
-        t_now = self._token_timesteps(flat, batch, frames, per_frame)
-        if t_now is not None:
-            new_state["timesteps"] = t_now
+        outputs = self.epilogue(h_l, *[front.values[n_] for n_ in self.epilogue_inputs])
+        new_state = self.finish(flat, front, state, update, acc, computes, h_l, residual, kv, fresh, outputs)
         if self.record:
-            self.records.append(StepRecord(context, update.cpu(), n, tokens, frames, path))
+            self.records.append(StepRecord(context, update.cpu(), n, tokens, front.frames, path))
         return outputs, new_state
 
-    def subset_stack_layers(self) -> list:
-        return [n for n in self.subset_stack.graph.nodes if n.op == "placeholder" and n.name.startswith("k_cache")]
+    @property
+    def has_timesteps(self) -> bool:
+        return any(role == "timestep" for role in self.structure.inputs.values())
+
+    @property
+    def wants_instability(self) -> bool:
+        return isinstance(self.config, MotionCacheConfig) and self.config.motion_source == "residual"
 
     def _execution_index(self, selected, acc, state):
         """Token indices to run through the blocks; None means all. Buckets give static sizes."""
@@ -184,13 +262,10 @@ class CachedStep:
         need = int(selected.sum())
         if need == 0:
             return selected.nonzero().squeeze(1)
-        cap = next(b for b in buckets if round(b * tokens) >= need)
-        k = min(tokens, max(need, round(cap * tokens)))
-        if k == tokens:
+        k = next(k for k in bucket_sizes(buckets, tokens) if k >= need)
+        if k >= tokens:
             return None
-        # selected tokens first, then those with the largest accumulated distance: extras are simply recomputed
-        score = selected.float() * 1e9 + acc.sum(0)
-        return score.topk(k).indices.sort().values
+        return select_tokens(selected, acc, k)
 
     def _motion_weights(self, cfg: MotionCacheConfig, h_l, flat, outputs, frames, per_frame):
         grid = self.structure.grid

@@ -20,14 +20,22 @@ import torch
 from .config import FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
 
 
+def _chunk_layout(frames: int, chunk_frames: int, device, dtype):
+    """(chunk id of every frame, frames per chunk): from Python ints, so traced graphs hold constants
+    (bincount would have a data-dependent size)."""
+    n_chunks = (frames + chunk_frames - 1) // chunk_frames
+    chunk_id = torch.arange(frames, device=device) // chunk_frames
+    counts = torch.tensor([min(chunk_frames, frames - c * chunk_frames) for c in range(n_chunks)], dtype=dtype,
+                          device=device)
+    return chunk_id, counts
+
+
 def chunk_mean(values: torch.Tensor, frames: int, chunk_frames: int) -> torch.Tensor:
     """[B, L] -> [B, L]: every token gets the mean over its chunk of `chunk_frames` frames (last chunk may be short)."""
     b, n = values.shape
     per_frame = values.view(b, frames, n // frames).mean(2)  # [B, F]
-    chunk_id = torch.arange(frames, device=values.device) // chunk_frames
-    n_chunks = (frames + chunk_frames - 1) // chunk_frames
-    sums = torch.zeros(b, n_chunks, dtype=values.dtype, device=values.device).index_add(1, chunk_id, per_frame)
-    counts = torch.bincount(chunk_id, minlength=n_chunks).to(values.dtype)
+    chunk_id, counts = _chunk_layout(frames, chunk_frames, values.device, values.dtype)
+    sums = torch.zeros(b, counts.shape[0], dtype=values.dtype, device=values.device).index_add(1, chunk_id, per_frame)
     per_chunk = sums / counts
     return per_chunk[:, chunk_id].repeat_interleave(n // frames, dim=1)
 
@@ -66,7 +74,9 @@ def decide(cfg: ReuseConfig, dist, chunk_dist, sample_dist, acc, computes, final
         update = due
         token_phase = ~phase1
         if cfg.temporal_voting:
-            update = torch.where(token_phase, _vote(update, frames, chunk_frames, cfg.vote_threshold), update)
+            # logical form of where(token_phase, vote, update): ONNX Runtime has no boolean Where
+            vote = _vote(update, frames, chunk_frames, cfg.vote_threshold)
+            update = (token_phase & vote) | (~token_phase & update)
         if cfg.min_update_ratio > 0:
             frac = chunk_any_fraction(update, frames, chunk_frames)
             too_few = (frac > 0) & (frac < cfg.min_update_ratio) & token_phase
@@ -81,9 +91,8 @@ def _vote(mask: torch.Tensor, frames: int, chunk_frames: int, threshold: float) 
     b, n = mask.shape
     s = n // frames
     per = mask.view(b, frames, s).float()
-    chunk_id = torch.arange(frames, device=mask.device) // chunk_frames
-    n_chunks = (frames + chunk_frames - 1) // chunk_frames
-    sums = torch.zeros(b, n_chunks, s, device=mask.device).index_add(1, chunk_id, per)
-    counts = torch.bincount(chunk_id, minlength=n_chunks).float()[None, :, None]
+    chunk_id, counts = _chunk_layout(frames, chunk_frames, mask.device, torch.float32)
+    sums = torch.zeros(b, counts.shape[0], s, device=mask.device).index_add(1, chunk_id, per)
+    counts = counts[None, :, None]
     vote = (sums / counts) > threshold  # [B, chunks, S]
     return vote[:, chunk_id].reshape(b, n)

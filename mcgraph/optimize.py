@@ -153,6 +153,28 @@ class OptimizedModule(torch.nn.Module):
         values = dict(zip(spec.step.boundary, spec.step.prologue(*flat)[:-1]))
         return [values[n] for n in spec.step.stack_inputs]
 
+    def specialisation_for(self, *args, **kwargs) -> tuple[Specialisation, dict, list]:
+        """(specialisation, bound inputs, flat graph inputs) serving a call with these inputs, captured anew
+        if none fits; runs the captured graph once to check its guards (no cache state is touched)."""
+        bound = bind_call(self.original_module, args, kwargs)
+        for spec in reversed(self.__dict__["_specialisations"]):
+            if spec.captured.static_key != static_key(bound):
+                continue
+            try:
+                with torch.no_grad():
+                    spec.captured(bound)
+            except AssertionError as exc:
+                if not _is_guard_failure(exc):
+                    raise
+                continue
+            break
+        else:
+            spec = _specialise(self.original_module, (), bound, self.mcgraph_config, self.__dict__["_dump_dir"])
+            self._attach_records(spec)
+            self.__dict__["_specialisations"].append(spec)
+        info = spec.captured.graph_module.graph._codegen.pytree_info
+        return spec, bound, fx_pytree.tree_flatten_spec(((), bound), info.in_spec)
+
     # ------------------------------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
         specs = self.__dict__["_specialisations"]

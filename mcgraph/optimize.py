@@ -40,6 +40,12 @@ class Specialisation:
     captured: CapturedGraph
     structure: ModelStructure
     step: Any = None  # CachedStep when caching, else None (the captured graph runs as is)
+    graph: Any = None  # StepGraph over `step`: what torch.compile traces (decision and path inside the graph)
+
+    def __post_init__(self):
+        # read once: dynamo does not trace into GraphModule.graph
+        info = self.captured.graph_module.graph._codegen.pytree_info
+        self.in_spec, self.out_spec = info.in_spec, info.out_spec
 
 
 class OptimizedModule(torch.nn.Module):
@@ -56,6 +62,7 @@ class OptimizedModule(torch.nn.Module):
         self.__dict__["_context"] = "default"
         self.__dict__["_record"] = False
         self.__dict__["_records"] = []
+        self.__dict__["_parameters_spec"] = _parameter_spec(original)
         self.mcgraph_config = config
 
     # ------------------------------------------------------------------------------------ introspection
@@ -99,8 +106,9 @@ class OptimizedModule(torch.nn.Module):
                                          _chunk_frames(self.original_module, config), self.__dict__["_dump_dir"])
         else:
             step = None
-        return OptimizedModule(self.original_module, config, Specialisation(first.captured, first.structure, step),
-                               self.__dict__["_dump_dir"])
+        graph = _step_graph(step, first.captured) if step is not None else None
+        return OptimizedModule(self.original_module, config,
+                               Specialisation(first.captured, first.structure, step, graph), self.__dict__["_dump_dir"])
 
     # ------------------------------------------------------------------------------------ cache control
     @contextlib.contextmanager
@@ -177,6 +185,8 @@ class OptimizedModule(torch.nn.Module):
 
     # ------------------------------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return self._forward_traced(args, kwargs)
         specs = self.__dict__["_specialisations"]
         bound = bind_call(self.original_module, args, kwargs)
         key = static_key(bound)
@@ -202,6 +212,25 @@ class OptimizedModule(torch.nn.Module):
         self._attach_records(spec)
         specs.append(spec)
         return self._run(spec, bound)
+
+    def _forward_traced(self, args, kwargs):
+        """The call as torch.compile traces it: no Python branch on data (the StepGraph decides and picks the
+        path with torch.cond), the state read from and written back to this module (dynamo replays the
+        dict update after the graph). Not checked here, unlike eager: NaN inputs (a data-dependent branch)
+        and the specialisation's guards (dynamo guards the shapes itself); no decision records."""
+        spec = self.__dict__["_specialisations"][-1]
+        bound = _bind_static(self.__dict__["_parameters_spec"], args, kwargs)
+        if spec.step is None:
+            return spec.captured(bound)
+        flat = fx_pytree.tree_flatten_spec(((), bound), spec.in_spec)
+        signature = tuple((tuple(x.shape), x.dtype, x.device) for x in flat if isinstance(x, torch.Tensor))
+        context = self.__dict__["_context"]
+        states = self.__dict__["_states"]
+        entry = states.get(context)
+        state = entry[1] if entry is not None and entry[0] == signature else None
+        outputs, _, _, new_state = spec.graph.run(flat, state)
+        states[context] = (signature, new_state)
+        return pytree.tree_unflatten(list(outputs), spec.out_spec)
 
     def _run(self, spec: Specialisation, bound: dict):
         if spec.step is None:
@@ -261,6 +290,32 @@ def _sig_str(sig) -> str:
     return ", ".join(f"{list(s)}:{str(d).replace('torch.', '')}" for s, d, _ in sig)
 
 
+def _parameter_spec(model: torch.nn.Module) -> list[tuple[str, str, Any]]:
+    """(name, kind, default) of `model.forward`'s parameters, read once: binding under torch.compile must not
+    call inspect.signature (dynamo would trace into it)."""
+    import inspect
+
+    return [(p.name, p.kind.name, p.default) for p in inspect.signature(model.forward).parameters.values()]
+
+
+def _bind_static(params: list, args: tuple, kwargs: dict) -> dict:
+    """`bind_call` for traced calls, from the precomputed parameter list (same result for valid calls)."""
+    out = {}
+    positional = list(args)
+    for name, kind, default in params:
+        if kind == "VAR_KEYWORD":
+            out.update({k: v for k, v in kwargs.items() if k not in out})
+        elif kind == "VAR_POSITIONAL":
+            continue
+        elif positional and kind != "KEYWORD_ONLY":
+            out[name] = positional.pop(0)
+        elif name in kwargs:
+            out[name] = kwargs[name]
+        else:
+            out[name] = default
+    return out
+
+
 def _chunk_frames(model: torch.nn.Module, config: ReuseConfig) -> int:
     if config.chunk_frames is not None:
         return config.chunk_frames
@@ -280,7 +335,14 @@ def _specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialis
     from .cache_build import build_cached_step
 
     step = build_cached_step(model, captured, structure, config, _chunk_frames(model, config), dump_dir)
-    return Specialisation(captured, structure, step)
+    return Specialisation(captured, structure, step, _step_graph(step, captured))
+
+
+def _step_graph(step, captured: CapturedGraph):
+    from .step_graph import StepGraph
+
+    info = captured.graph_module.graph._codegen.pytree_info
+    return StepGraph(step, fx_pytree.tree_flatten_spec(((), captured.example_bound), info.in_spec))
 
 
 def optimize(

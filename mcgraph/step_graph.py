@@ -80,15 +80,22 @@ class StepGraph(torch.nn.Module):
 
     # ------------------------------------------------------------------------------------------- call
     def forward(self, *args):
-        step = self.step
         flat, state = list(args[:self.num_inputs]), self.state_from_list(args[self.num_inputs:])
+        outputs, update, executed, new_state = self.run(flat, state)
+        return (*outputs, update, executed, *self.state_to_list(new_state))
+
+    def run(self, flat: list, state: dict | None):
+        """(outputs, recomputed [B, L], executed [], new state dict); state None: the context's first call."""
+        step = self.step
         front = step.front(flat)
+        if state is None:
+            state = step.initial_state(front)
         update, acc, computes = step.decide_tokens(flat, front, state)
         selected = update.any(0)
         h_l, residual, fresh, executed, *kv = self._execute(selected, acc, front, state)
         outputs = self.epilogue(h_l, *[front.values[n] for n in step.epilogue_inputs])
         new_state = step.finish(flat, front, state, update, acc, computes, h_l, residual, kv, fresh, outputs)
-        return (*outputs, update, executed, *self.state_to_list(new_state))
+        return outputs, update, executed, new_state
 
     def _execute(self, selected, acc, front: Front, state: dict):
         tokens = front.tokens

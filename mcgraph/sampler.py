@@ -140,10 +140,24 @@ class SampleResult:
 
 
 def _model_hooks(model) -> tuple[Callable[[str], Any], Callable[[], None] | None]:
+    """The model's own cache hooks combined with mcgraph's global ones (which reach models compiled with
+    `torch.compile(model, backend="mcgraph")`: they have no hooks of their own)."""
+    from . import runtime_context
+
     ctx = getattr(model, "cache_context", None)
     reset = getattr(model, "reset_cache", None)
-    context = ctx if callable(ctx) else (lambda name: contextlib.nullcontext())
-    return context, reset if callable(reset) else None
+
+    @contextlib.contextmanager
+    def context(name):
+        with (ctx(name) if callable(ctx) else contextlib.nullcontext()), runtime_context.cache_context(name):
+            yield
+
+    def reset_all():
+        if callable(reset):
+            reset()
+        runtime_context.reset_cache()
+
+    return context, reset_all
 
 
 def sample(

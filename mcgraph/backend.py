@@ -150,23 +150,62 @@ def _config(options: dict) -> CacheConfig:
 
 
 class BackendRuntime:
-    """What dynamo calls in place of its graph: binds the inputs, picks the cache context, runs the compiled
-    cache-aware call. `optimized` is the `OptimizedModule` (eager runtime, decision records, state)."""
+    """What dynamo calls in place of its graph. Binds the user's tensors, keeps the cache state per context
+    (`mcgraph.cache_context`), and runs the StepGraph compiled by the inner backend with the state as explicit
+    inputs: one compiled graph serves every context and every call, the first one included (its initial
+    state is made here, eagerly). `optimized` is the `OptimizedModule` the graph came from."""
 
     def __init__(self, optimized, lowered: DynamoGraphModule, inner_backend: str):
         self.optimized = optimized
         # dynamo calls us with all its graph inputs (weights and sizes too): keep the user's tensors
         self.inputs = [(i, name) for i, (kind, name) in enumerate(lowered.slots) if kind == "input"]
-        self.compiled = torch.compile(optimized, backend=inner_backend, fullgraph=True, dynamic=False)
+        spec = optimized.__dict__["_specialisations"][-1]
+        self.spec = spec
+        self.graph = spec.graph
+        target = spec.graph if spec.graph is not None else optimized
+        self.compiled = torch.compile(target, backend=inner_backend, fullgraph=True, dynamic=False)
+        self._states: dict[str, tuple] = {}
+        self.record = False
+        self.decision_records: list = []
         runtime_context.register(self)
 
     def __call__(self, *args):
         kwargs = {name: args[i] for i, name in self.inputs}
-        with self.optimized.cache_context(runtime_context.current_context()):
+        if self.graph is None:
             return self.compiled(**kwargs)
+        from .cached_step import StepRecord
+        import torch.fx._pytree as fx_pytree
+        import torch.utils._pytree as pytree
+
+        spec, graph = self.spec, self.graph
+        flat = fx_pytree.tree_flatten_spec(((), kwargs), spec.in_spec)
+        latent = kwargs.get(spec.structure.grid.latent_input)
+        if isinstance(latent, torch.Tensor) and torch.isnan(latent).any():
+            raise ValueError(f"input {spec.structure.grid.latent_input!r} contains NaN")
+        context = runtime_context.current_context()
+        signature = tuple((tuple(x.shape), x.dtype) for x in flat if isinstance(x, torch.Tensor))
+        entry = self._states.get(context)
+        if entry is not None and entry[0] != signature:
+            warnings.warn(f"mcgraph backend: input shapes/dtype changed mid-generation in cache context "
+                          f"{context!r}; its cache was reset", stacklevel=2)
+            entry = None
+        state = entry[1] if entry is not None else graph.initial_state(flat)
+        results = self.compiled(*flat, *state)
+        n = graph.num_outputs
+        self._states[context] = (signature, list(results[n + 2:]))
+        if self.record:
+            executed, tokens = int(results[n + 1]), results[n].shape[1]
+            path = "skip" if executed == 0 else ("full" if executed == tokens else "subset")
+            self.decision_records.append(StepRecord(context, results[n].cpu(), executed, tokens,
+                                                    spec.step._geometry(flat)[0], path))
+        return pytree.tree_unflatten(list(results[:n]), spec.out_spec)
+
+    def record_decisions(self, on: bool = True) -> list:
+        self.record = on
+        return self.decision_records
 
     def reset_cache(self) -> None:
-        self.optimized.reset_cache()
+        self._states.clear()
 
 
 def _check_options(options: dict) -> None:

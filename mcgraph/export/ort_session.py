@@ -40,6 +40,7 @@ class OrtSession:
             raise McGraphError(f"{self.path} was not written by mcgraph.export.onnx (no {META_KEY!r} metadata)")
         self.meta = json.loads(meta)
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # ORT warns about constant folding it skips; not news to users
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

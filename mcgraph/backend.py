@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -149,6 +150,10 @@ def _config(options: dict) -> CacheConfig:
     return config
 
 
+# first weight tensor of a model -> context -> (signature, state); weak: a dead model's state goes with it
+_SHARED_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 class BackendRuntime:
     """What dynamo calls in place of its graph. Binds the user's tensors, keeps the cache state per context
     (`mcgraph.cache_context`), and runs the StepGraph compiled by the inner backend with the state as explicit
@@ -164,7 +169,10 @@ class BackendRuntime:
         self.graph = spec.graph
         target = spec.graph if spec.graph is not None else optimized
         self.compiled = torch.compile(target, backend=inner_backend, fullgraph=True, dynamic=False)
-        self._states: dict[str, tuple] = {}
+        # dynamo compiles a model call again when a guard fails (e.g. an input starts to require grad); every
+        # runtime built for the same weights must see one cache state, or the contexts would split between them
+        weights = [getattr(lowered, name) for kind, name in lowered.slots if kind == "weight"]
+        self._states: dict[str, tuple] = _SHARED_STATES.setdefault(weights[0], {}) if weights else {}
         self.record = False
         self.decision_records: list = []
         runtime_context.register(self)
@@ -190,7 +198,8 @@ class BackendRuntime:
                           f"{context!r}; its cache was reset", stacklevel=2)
             entry = None
         state = entry[1] if entry is not None else graph.initial_state(flat)
-        results = self.compiled(*flat, *state)
+        with torch.no_grad():  # an inference cache: nothing to differentiate, and no recompile on requires_grad
+            results = self.compiled(*[x.detach() if isinstance(x, torch.Tensor) else x for x in flat], *state)
         n = graph.num_outputs
         self._states[context] = (signature, list(results[n + 2:]))
         if self.record:

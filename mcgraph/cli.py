@@ -138,6 +138,23 @@ def add_demo_command(subparsers) -> None:
              "clean (predicted clean latent); see MotionCacheConfig.motion_source (default: the config's)",
     )
     p.add_argument("--no-heatmap", action="store_true", help="with --cache: do not write the heat maps")
+    p.add_argument(
+        "--runtime", choices=("eager", "compile", "onnx"), default="eager",
+        help="with --cache: what runs the cached model. compile: torch.compile(fullgraph=True, dynamic=False) "
+             "after an untimed warm-up generation; onnx: mcgraph.export.onnx (one file per window shape, written "
+             "to DIR) run by ONNX Runtime. Both use static capacity buckets (--buckets) and are compared with "
+             "the eager cached model with the same buckets; compile/export time is reported separately",
+    )
+    p.add_argument(
+        "--compile-backend", choices=("inductor", "aot_eager", "eager"), default=None,
+        help="--runtime compile: torch.compile backend (default: inductor; aot_eager compiles much faster)",
+    )
+    p.add_argument(
+        "--buckets", type=_buckets, default=None, metavar="F1,F2,...",
+        help="with --cache: capacity buckets, fractions of the token count ending with 1, e.g. 0.25,0.5,1 "
+             "(default: none for eager, i.e. exactly the selected tokens; for compile/onnx the graph's "
+             "0.125,0.25,0.375,0.5,0.75,1)",
+    )
     p.add_argument("--gif-scale", type=_positive_int, default=4, help="GIF upscale factor (nearest)")
     p.add_argument("--fps", type=float, default=8.0, help="GIF frame rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -173,6 +190,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             motion_source=args.motion_source,
             heatmap=not args.no_heatmap,
+            runtime=args.runtime,
+            compile_backend=args.compile_backend,
+            buckets=args.buckets,
         )
     except DemoSettingsError as e:
         raise UsageError(str(e)) from None
@@ -186,8 +206,23 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _buckets(text: str) -> tuple[float, ...]:
+    from .runtimes import parse_buckets  # light: torch is imported, not used, at parse time
+
+    try:
+        return parse_buckets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _db(value: float) -> str:
+    return "inf (identical)" if value == float("inf") else f"{value:.2f} dB"
+
+
 def _cache_report(policy: str, c) -> str:
     """The side-by-side lines printed by `mcgraph demo --cache`."""
+    if getattr(c, "runtime", "eager") != "eager":
+        return _runtime_report(policy, c)
     psnr = "inf (identical)" if c.psnr_db == float("inf") else f"{c.psnr_db:.2f} dB"
     paths = ", ".join(f"{k} {v}" for k, v in sorted(c.calls_by_path.items()))
     lines = [
@@ -201,6 +236,30 @@ def _cache_report(policy: str, c) -> str:
     ]
     if c.heatmap_gif is not None:
         lines.append(f"wrote {c.heatmap_gif} and {c.heatmap_png}")
+    return "\n".join(lines)
+
+
+def _runtime_report(policy: str, c) -> str:
+    """`mcgraph demo --cache P --runtime compile|onnx`: uncached eager, eager cached and the runtime."""
+    name = f"{policy} {c.runtime}"
+    lines = [
+        f"{'':22}{'uncached':>12}{policy + ' eager':>22}{name:>22}",
+        f"{'wall time (s)':22}{c.uncached_wall_time_s:12.2f}{c.eager_wall_time_s:22.2f}{c.cached_wall_time_s:22.2f}",
+        f"{'CPU time (s)':22}{c.uncached_cpu_time_s:12.2f}{c.eager_cpu_time_s:22.2f}{c.cached_cpu_time_s:22.2f}",
+        f"{'tokens computed':22}{'100.0%':>12}{100 * c.eager_computed_fraction:21.1f}%"
+        f"{100 * c.computed_fraction:21.1f}%",
+        f"speedup vs uncached: {c.speedup:.2f}x wall ({c.cpu_speedup:.2f}x CPU time); eager cached: "
+        f"{c.uncached_wall_time_s / c.eager_wall_time_s:.2f}x; {c.runtime} vs eager cached: "
+        f"{c.speedup_vs_eager:.2f}x",
+        f"PSNR vs uncached: {_db(c.psnr_db)} ({c.runtime}), {_db(c.eager_psnr_db)} (eager, same buckets)   "
+        f"max |latent diff| {c.runtime} vs eager cached: {c.eager_max_abs_diff:.3g}",
+        f"model calls by path: {', '.join(f'{k} {v}' for k, v in sorted(c.calls_by_path.items()))}; "
+        f"tokens decided per sample: {100 * c.decided_fraction:.1f}%",
+        f"setup (not in the times above): {c.setup_note}",
+    ]
+    if c.heatmap_gif is not None:
+        source = "" if c.runtime == "onnx" else " (decisions of the eager run: compiled calls record none)"
+        lines.append(f"wrote {c.heatmap_gif} and {c.heatmap_png}{source}")
     return "\n".join(lines)
 
 
@@ -218,7 +277,13 @@ def add_bench_command(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS: list[Callable] = [add_demo_command, add_inspect_command, add_bench_command]
+def add_export_command(subparsers) -> None:
+    from .export_cli import add_export_command as add
+
+    add(subparsers)
+
+
+SUBCOMMANDS: list[Callable] = [add_demo_command, add_inspect_command, add_bench_command, add_export_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

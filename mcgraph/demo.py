@@ -5,6 +5,12 @@ same noise) is generated twice in this process, uncached (the original model, ea
 `mcgraph.optimize` with that policy; the result reports both wall times, the PSNR of the cached video
 against the uncached one and the fraction of tokens the cache computed, and heat maps of the recomputed
 tokens are written next to the frames (`mcgraph.heatmap`).
+
+With `runtime` "compile" (``torch.compile(opt, fullgraph=True, dynamic=False)``) or "onnx" (one
+`mcgraph.export.onnx` file per window shape, run by ONNX Runtime) the cached video is made by that runtime,
+with static capacity buckets (`mcgraph.step_graph.DEFAULT_GRAPH_BUCKETS` unless `buckets` is given); the
+eager model with the same buckets runs too, as the reference the runtime must match (same decisions,
+latents equal to float tolerance). Compile / export time is reported separately from the generation times.
 """
 
 from __future__ import annotations
@@ -52,6 +58,16 @@ class CacheComparison:
     calls_by_path: dict  # "full" / "subset" / "skip" -> number of calls
     heatmap_gif: Path | None = None
     heatmap_png: Path | None = None
+    # runtime "compile" / "onnx" only: the eager model with the same capacity buckets, and the runtime's setup
+    runtime: str = "eager"
+    eager_wall_time_s: float | None = None  # eager cached, same buckets (the runtime's reference)
+    eager_cpu_time_s: float | None = None
+    eager_psnr_db: float | None = None  # eager cached (same buckets) vs uncached
+    eager_max_abs_diff: float | None = None  # of the latents: the runtime vs eager cached with the same buckets
+    eager_computed_fraction: float | None = None
+    setup_time_s: float | None = None  # compile: the warm-up generation (compiles included); onnx: export etc.
+    setup_note: str = ""  # what the setup time consists of, for the report
+    exported: list | None = None  # onnx: mcgraph.runtimes.ExportedFile per window shape
 
     @property
     def speedup(self) -> float:
@@ -63,6 +79,14 @@ class CacheComparison:
     def cpu_speedup(self) -> float:
         t = self.cached_cpu_time_s
         return self.uncached_cpu_time_s / t if t > 0 else float("inf")
+
+    @property
+    def speedup_vs_eager(self) -> float | None:
+        """Wall-time speedup of the runtime over the eager cached model with the same buckets."""
+        if self.eager_wall_time_s is None:
+            return None
+        t = self.cached_wall_time_s
+        return self.eager_wall_time_s / t if t > 0 else float("inf")
 
 
 @dataclass
@@ -96,7 +120,7 @@ def psnr(video: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def make_cache_config(policy: str, *, steps: int, shift: float, threshold: float | None = None,
-                      motion_source: str | None = None):
+                      motion_source: str | None = None, capacity_buckets: Sequence[float] | None = None):
     """The mcgraph config of `policy` for the demo's schedule: final_timestep from (steps, shift), other
     fields the policy's defaults unless given. Raises DemoSettingsError for invalid values."""
     from .config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
@@ -110,6 +134,8 @@ def make_cache_config(policy: str, *, steps: int, shift: float, threshold: float
             raise DemoSettingsError("threshold needs a caching policy (cache 'none' computes everything)")
         if motion_source is not None:
             raise DemoSettingsError("motion_source applies to the motioncache policy only")
+        if capacity_buckets is not None:
+            raise DemoSettingsError("capacity buckets need a caching policy (cache 'none' computes everything)")
         return NoCache()
     if motion_source is not None and policy != "motioncache":
         raise DemoSettingsError(f"motion_source applies to the motioncache policy only, not {policy}")
@@ -119,6 +145,8 @@ def make_cache_config(policy: str, *, steps: int, shift: float, threshold: float
         fields["threshold"] = threshold
     if motion_source is not None:
         fields["motion_source"] = motion_source
+    if capacity_buckets is not None:
+        fields["capacity_buckets"] = tuple(capacity_buckets)
     try:
         return cls(**fields)
     except ConfigError as e:
@@ -215,6 +243,9 @@ def run_demo(
     motion_source: str | None = None,
     heatmap: bool = True,
     log: Callable[[str], None] = print,
+    runtime: str = "eager",
+    compile_backend: str | None = None,
+    buckets: Sequence[float] | None = None,
 ) -> DemoResult:
     """Generate one video and write ``demo.gif`` and ``demo_strip.png`` into `out_dir`.
 
@@ -231,6 +262,12 @@ def run_demo(
     per CFG branch, the tokens recomputed) and ``demo_heatmap.png`` (final frames, per-token recompute
     frequency, computed fraction per model call) are written too. Capturing (once per window shape) happens
     before either timed run and is reported separately.
+
+    `runtime` ("eager", "compile", "onnx"; the last two need a caching policy) picks what makes the cached
+    video; `compile_backend` (runtime "compile", default "inductor") is torch.compile's backend; `buckets`
+    are the capacity buckets (fractions ending with 1; default none for eager, i.e. exactly the selected
+    tokens, and `DEFAULT_GRAPH_BUCKETS` for the graph runtimes). See the module docstring. ONNX files are
+    written into `out_dir` (``demo_cached_<frames>f.onnx``).
     """
 
     def make_config(cbs: int) -> SamplerConfig:
@@ -243,12 +280,26 @@ def run_demo(
             raise DemoSettingsError(str(e)) from None
 
     make_config(causal_block_size or 1)  # fail fast, before the (slower) model load
+    from .runtimes import COMPILE_BACKENDS, RUNTIMES, graph_config
+
+    if runtime not in RUNTIMES:
+        raise DemoSettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime != "eager" and cache in (None, "none"):
+        raise DemoSettingsError(f"runtime {runtime!r} runs the cached model: it needs a caching policy "
+                                f"(cache teacache, flowcache or motioncache)")
+    if compile_backend is not None and runtime != "compile":
+        raise DemoSettingsError("compile_backend applies to runtime 'compile' only")
+    if compile_backend is not None and compile_backend not in COMPILE_BACKENDS:
+        raise DemoSettingsError(f"compile_backend must be one of {', '.join(COMPILE_BACKENDS)}, "
+                                f"got {compile_backend!r}")
     cache_config = None
     if cache is not None:
         cache_config = make_cache_config(cache, steps=steps, shift=shift, threshold=threshold,
-                                         motion_source=motion_source)
-    elif threshold is not None or motion_source is not None:
-        raise DemoSettingsError("threshold and motion_source need a cache policy")
+                                         motion_source=motion_source, capacity_buckets=buckets)
+        if runtime != "eager":
+            cache_config = graph_config(cache_config)
+    elif threshold is not None or motion_source is not None or buckets is not None:
+        raise DemoSettingsError("threshold, motion_source and buckets need a cache policy")
     if frames < 1:
         raise DemoSettingsError(f"frames must be >= 1, got {frames}")
     if size < 2 or size % 2:
@@ -286,7 +337,8 @@ def run_demo(
         video = latent_to_video(result.latent)[0].clamp(-1, 1)
     else:
         result, video, comparison = _compare_with_cache(
-            model, cache_config, shape, cond, uncond, config, seed, progress, out_dir if heatmap else None, log)
+            model, cache_config, shape, cond, uncond, config, seed, progress, out_dir if heatmap else None, log,
+            runtime=runtime, compile_backend=compile_backend or "inductor", export_dir=out_dir)
 
     gif = save_gif(video, out_dir / "demo.gif", scale=gif_scale, fps=fps)
     rows = [video]
@@ -303,8 +355,10 @@ def run_demo(
 
 
 def _compare_with_cache(model, cache_config, shape, cond, uncond, config: SamplerConfig, seed: int, progress,
-                        heatmap_dir: Path | None, log):
-    """Capture `model` with `cache_config` (every window shape), then generate uncached and cached."""
+                        heatmap_dir: Path | None, log, runtime: str = "eager", compile_backend: str = "inductor",
+                        export_dir: Path | None = None):
+    """Capture `model` with `cache_config` (every window shape), then generate uncached and cached; with
+    `runtime` "compile" / "onnx" also set that runtime up (not timed) and generate with it."""
     import mcgraph
 
     batch, channels, frames, h, w = shape
@@ -333,15 +387,45 @@ def _compare_with_cache(model, cache_config, shape, cond, uncond, config: Sample
     log(f"cache: {_describe_config(cache_config)}; capture and rewrite {capture_time:.1f} s "
         f"({len(lengths)} window shape(s), not timed below)")
 
+    def generate(m, on_row=None):
+        return sample(m, shape, cond, uncond, config=config, seed=seed, progress=progress, on_row=on_row)
+
+    runner, setup = None, None
+    if runtime != "eager":
+        runner, setup = _setup_runtime(runtime, opt, cache_config, compile_backend, lengths, example, contexts,
+                                       generate, export_dir, log)
+
     opt.record_decisions()
     collector = _RowCollector(opt, contexts, grid_hw, keep_frames=heatmap_dir is not None)
     cpu = time.process_time()
-    base = sample(model, shape, cond, uncond, config=config, seed=seed, progress=progress)
+    base = generate(model)
     base_cpu = time.process_time() - cpu
     cpu = time.process_time()
-    result = sample(opt, shape, cond, uncond, config=config, seed=seed, progress=progress, on_row=collector)
+    result = generate(opt, on_row=collector)
     cached_cpu = time.process_time() - cpu - collector.cpu_seconds
     cached_time = result.wall_time_s - collector.seconds
+    eager = None
+    if runner is not None:
+        graphs = _compiled_graphs()
+        eager_records = list(collector.records)
+        eager_computed = (sum(r.executed for r in eager_records) / sum(r.tokens for r in eager_records)
+                          if eager_records else 1.0)
+        eager = (result, cached_time, cached_cpu, eager_computed)
+        if runtime == "onnx":  # decisions come from the graph's outputs: heat maps from the runtime itself
+            runner.record_decisions()
+            collector = _RowCollector(runner, contexts, grid_hw, keep_frames=heatmap_dir is not None)
+            on_row = collector
+        else:  # compiled calls record nothing: the heat maps show the eager run's (identical) decisions
+            on_row = None
+        cpu = time.process_time()
+        result = generate(runner, on_row=on_row)
+        overhead = collector.seconds if on_row is not None else 0.0
+        overhead_cpu = collector.cpu_seconds if on_row is not None else 0.0
+        cached_cpu = time.process_time() - cpu - overhead_cpu
+        cached_time = result.wall_time_s - overhead
+        if runtime == "compile" and _compiled_graphs() != graphs:
+            log(f"warning: {_compiled_graphs() - graphs} graph(s) compiled during the timed generation "
+                "(its time includes compiling)")
 
     video = latent_to_video(result.latent)[0].clamp(-1, 1)
     base_video = latent_to_video(base.latent)[0].clamp(-1, 1)
@@ -360,10 +444,19 @@ def _compare_with_cache(model, cache_config, shape, cond, uncond, config: Sample
         max_abs_diff=(result.latent - base.latent).abs().max().item(), computed_fraction=computed,
         decided_fraction=decided, calls_by_path=paths,
     )
+    if eager is not None:
+        eager_result, eager_time, eager_cpu, comparison.eager_computed_fraction = eager
+        comparison.runtime = runtime
+        comparison.eager_wall_time_s, comparison.eager_cpu_time_s = eager_time, eager_cpu
+        comparison.eager_psnr_db = psnr(latent_to_video(eager_result.latent)[0].clamp(-1, 1), base_video)
+        comparison.eager_max_abs_diff = (result.latent - eager_result.latent).abs().max().item()
+        comparison.setup_time_s, comparison.setup_note = setup["seconds"], setup["note"]
+        comparison.exported = setup.get("exported")
     if heatmap_dir is not None:
         from .heatmap import write_heatmap_gif, write_summary_png
 
-        title = (f"{_describe_config(cache_config)}: {100 * computed:.1f}% of tokens computed, "
+        where = "" if runtime == "eager" else f" ({runtime})"
+        title = (f"{_describe_config(cache_config)}{where}: {100 * computed:.1f}% of tokens computed, "
                  f"PSNR {comparison.psnr_db:.2f} dB vs uncached, wall-time speedup "
                  f"{comparison.speedup:.2f}x")
         comparison.heatmap_gif = write_heatmap_gif(collector.steps, heatmap_dir / "demo_heatmap.gif", scale=2,
@@ -374,6 +467,51 @@ def _compare_with_cache(model, cache_config, shape, cond, uncond, config: Sample
     return result, video, comparison
 
 
+def _compiled_graphs() -> int:
+    from .runtimes import compiled_graphs
+
+    return compiled_graphs()
+
+
+def _setup_runtime(runtime, opt, cache_config, compile_backend, lengths, example, contexts, generate,
+                   export_dir, log):
+    """(runner, {"seconds", "note", "exported"}): the compiled model after a warm-up generation, or the
+    exported ONNX files (one per window shape) open in ONNX Runtime after one warm-up call per context."""
+    from .runtimes import compile_model, export_cached
+
+    start = time.perf_counter()
+    if runtime == "compile":
+        log(f"runtime: torch.compile (backend {compile_backend}, fullgraph, static shapes): compiling during an "
+            "untimed warm-up generation" + (" (Inductor: minutes on a CPU)" if compile_backend == "inductor" else ""))
+        runner = compile_model(opt.with_config(cache_config), compile_backend)
+        graphs = _compiled_graphs()
+        with torch.no_grad():
+            warm = generate(runner)
+        seconds = time.perf_counter() - start
+        note = (f"torch.compile backend {compile_backend}: warm-up generation {seconds:.1f} s "
+                f"({_compiled_graphs() - graphs} graphs compiled; the warm-up's own generation included)")
+        del warm
+        return runner, {"seconds": seconds, "note": note}
+    examples = {length: dict(zip(("hidden_states", "timesteps", "context"), example(length)))
+                for length in lengths}
+    directory = Path(export_dir) if export_dir is not None else Path(".")
+    runner = export_cached(opt, examples, directory, stem="demo_cached", threads=torch.get_num_threads(),
+                           log=lambda s: log(f"runtime: {s}"))
+    with torch.no_grad():  # first runs (ONNX Runtime allocates on first use); decisions not kept
+        for length in lengths:
+            for name in contexts:
+                with runner.cache_context(name):
+                    runner(*example(length))
+            runner.reset_cache()
+    runner.decision_records.clear()
+    seconds = time.perf_counter() - start
+    export = runner.export_seconds
+    note = (f"ONNX export {export:.1f} s ({len(runner.files)} file(s): "
+            f"{', '.join(Path(f.path).name for f in runner.files)}), sessions and warm-up calls "
+            f"{seconds - export:.1f} s")
+    return runner, {"seconds": seconds, "note": note, "exported": runner.files}
+
+
 def _describe_config(config) -> str:
     policy = getattr(config, "policy", "none")
     if policy == "none":
@@ -381,4 +519,6 @@ def _describe_config(config) -> str:
     text = f"{policy} threshold {config.threshold:g}, final_timestep {config.final_timestep:.1f}"
     if policy == "motioncache":
         text += f", motion_source {config.motion_source}"
+    if getattr(config, "capacity_buckets", None):
+        text += ", capacity buckets " + ",".join(f"{b:g}" for b in config.capacity_buckets)
     return text

@@ -1,0 +1,188 @@
+"""`mcgraph export`: write a cache-aware model as one ONNX file (static shapes, explicit cache state).
+
+Builds a built-in model (the bundled reference DiT by default, or one of `mcgraph.zoo.subjects`), optimises
+it with a caching policy (`mcgraph.demo.make_cache_config`, the same settings as `mcgraph demo --cache`),
+exports it with `mcgraph.export.onnx`, checks the file with ``onnx.checker`` and prints what was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+REFERENCE_MODELS = ("reference", "reference-untrained")
+DEFAULT_REFERENCE_FRAMES = 16  # the demo's window
+
+
+def add_export_command(subparsers) -> None:
+    from .cli import HelpFormatter, _buckets, _nonnegative_float, _nonnegative_int, _positive_int
+    from .zoo.subjects import SUBJECT_NAMES
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a cache-aware model to ONNX (cache state as explicit inputs/outputs)",
+        description=(
+            "Optimise a built-in model with a caching policy and write it as one ONNX file: the model's tensor "
+            "inputs plus state_* inputs in, its outputs plus the decision (mcgraph_recomputed, mcgraph_executed) "
+            "and new_state_* out; the reuse decision and the skip / capacity-bucket / full paths are inside the "
+            "graph (If nodes). Shapes are static: those of the example inputs (--frames). The file is checked "
+            "with onnx.checker; run it with mcgraph.export.OrtSession(FILE), which the diffusion-forcing sampler "
+            "drives like the model. Models: " + ", ".join(SUBJECT_NAMES) + " (reference: the bundled trained "
+            "DiT, called as the demo calls it: batch 1, 12 x FRAMES x 16 x 16 latents)."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("output", type=Path, metavar="FILE", help="the ONNX file to write (e.g. model.onnx)")
+    p.add_argument("--model", default="reference", choices=SUBJECT_NAMES, help="built-in model to export")
+    p.add_argument("--cache", default="motioncache", choices=("none", "teacache", "flowcache", "motioncache"),
+                   help="caching policy compiled into the graph ('none' cannot be exported this way)")
+    p.add_argument("--threshold", type=_nonnegative_float, default=None,
+                   help="reuse threshold of the policy (default: the policy's, 0.1)")
+    p.add_argument("--buckets", type=_buckets, default=None, metavar="F1,F2,...",
+                   help="capacity buckets: fractions of the token count ending with 1, e.g. 0.25,0.5,1 "
+                        "(default: 0.125,0.25,0.375,0.5,0.75,1); fewer buckets make a smaller graph")
+    p.add_argument("--motion-source", default=None, metavar="SOURCE",
+                   help="motioncache: hidden, latent, clean or residual (default: the config's)")
+    p.add_argument("--frames", type=_positive_int, default=None,
+                   help=f"frames of the example input, i.e. the window length the sampler will call the model "
+                        f"with (default: {DEFAULT_REFERENCE_FRAMES} for the reference, the demo's window; else "
+                        f"the model's example)")
+    p.add_argument("--steps", type=_positive_int, default=50,
+                   help="denoising steps of the schedule it will run (sets the policy's final_timestep)")
+    p.add_argument("--shift", type=float, default=2.0, help="timestep shift of that schedule")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="--model reference: weights file (default: bundled)")
+    p.add_argument("--verify", action="store_true",
+                   help="also run a few calls through ONNX Runtime and the eager model with the same buckets and "
+                        "print the largest output difference")
+    p.add_argument("--threads", type=_nonnegative_int, default=0,
+                   help="torch / ONNX Runtime CPU threads (0: default)")
+    p.set_defaults(func=run_export_command)
+
+
+def build_subject(name: str, frames: int | None, weights: Path | None):
+    """(model, example kwargs, description) of a built-in model, called as the sampler calls it."""
+    import torch
+
+    from .cli import UsageError
+
+    if weights is not None and name != "reference":
+        raise UsageError(f"--weights applies to --model reference only, not {name!r}")
+    if name in REFERENCE_MODELS:
+        from .zoo import scenes
+        from .zoo.weights import BUNDLED_WEIGHTS, build_reference, load_reference
+
+        if name == "reference":
+            path = weights if weights is not None else BUNDLED_WEIGHTS
+            model, encoder = load_reference(path)
+            source = str(path)
+        else:
+            torch.manual_seed(0)
+            model, encoder = build_reference()
+            model.eval()
+            source = "random weights"
+        frames = frames or DEFAULT_REFERENCE_FRAMES
+        with torch.no_grad():
+            context = encoder(torch.from_numpy(scenes.null_label(1)))
+        g = torch.Generator().manual_seed(0)
+        cfg = model.config
+        kwargs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 16, 16, generator=g),
+                      timesteps=torch.rand(1, frames, generator=g) * 1000, context=context)
+        return model, kwargs, f"{name} ({source})"
+    from .zoo.subjects import SUBJECTS
+
+    try:
+        subject = SUBJECTS[name]()
+    except ImportError as e:
+        raise RuntimeError(f"model {name!r} needs a package that is not installed: {e}") from None
+    kwargs = subject.make_kwargs(frames=frames) if frames is not None else subject.kwargs
+    return subject.model, kwargs, name
+
+
+def _shapes(kwargs: dict) -> str:
+    import torch
+
+    return ", ".join(f"{k} {list(v.shape)}" for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+
+    if args.cache == "none":
+        raise UsageError("--cache none has no cache to export; pick teacache, flowcache or motioncache (the "
+                         "uncached model exports with plain torch.onnx.export)")
+    if args.output.is_dir():
+        raise UsageError(f"{args.output} is a directory; give the file to write, e.g. {args.output / 'model.onnx'}")
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"ONNX export needs the onnx extra (pip install 'mcgraph[onnx]'): {e}") from None
+
+    import torch
+
+    import mcgraph
+
+    from .demo import DemoSettingsError, make_cache_config
+    from .export import export_onnx
+    from .runtimes import graph_config, quiet_export
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = graph_config(make_cache_config(args.cache, steps=args.steps, shift=args.shift,
+                                                threshold=args.threshold, motion_source=args.motion_source,
+                                                capacity_buckets=args.buckets))
+    except DemoSettingsError as e:
+        raise UsageError(str(e)) from None
+    model, kwargs, description = build_subject(args.model, args.frames, args.weights)
+    print(f"model: {description}; example inputs: {_shapes(kwargs)}")
+    buckets = ",".join(f"{b:g}" for b in config.capacity_buckets)
+    print(f"cache: {config.policy} threshold {config.threshold:g}, capacity buckets {buckets}")
+    opt = mcgraph.optimize(model, config, (), kwargs)
+    with quiet_export():
+        info = export_onnx(opt, args.output, example_kwargs=kwargs, check=False)
+
+    import onnx
+
+    onnx.checker.check_model(str(args.output))
+    print(f"wrote {info.summary()}")
+    print("onnx.checker: passed")
+    print(f"inputs: {', '.join(info.inputs)}")
+    print(f"outputs: {', '.join(info.outputs)}")
+    print(f"state tensors ({len(info.state)}): {', '.join(info.state)}")
+    if args.verify:
+        diff, paths = verify(opt, args.output, kwargs, threads=args.threads or None)
+        print(f"verify: {len(paths)} calls ({', '.join(paths)}), max |ONNX Runtime - eager| {diff:.3g}")
+    print(f"run it: mcgraph.export.OrtSession({str(args.output)!r}) (called like the model; static shapes)")
+    return 0
+
+
+def verify(opt, path, kwargs: dict, *, threads: int | None = None, calls: int = 10) -> tuple[float, list[str]]:
+    """Run `calls` calls (perturbed inputs, one cache context) through the exported file and the eager model
+    `opt` (same config, same buckets); (largest output difference, path each eager call took)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    from .export import OrtSession
+    from .runtimes import quiet_export
+
+    with quiet_export():
+        session = OrtSession(path, threads=threads)
+    opt.reset_cache()
+    records = opt.record_decisions()
+    start = len(records)
+    g = torch.Generator().manual_seed(1)
+    worst = 0.0
+    with torch.no_grad():
+        for i in range(calls):
+            call = {k: (v + 0.002 * i * torch.randn(v.shape, generator=g)
+                        if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kwargs.items()}
+            want = pytree.tree_leaves(opt(**call))
+            got = pytree.tree_leaves(session(**call))
+            for a, b in zip(want, got):
+                if isinstance(a, torch.Tensor):
+                    worst = max(worst, (a.float() - b.float()).abs().max().item())
+    opt.record_decisions(False)
+    opt.reset_cache()
+    return worst, [r.path for r in records[start:]]

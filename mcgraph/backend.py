@@ -151,7 +151,7 @@ def _config(options: dict) -> CacheConfig:
 
 
 # first weight tensor of a model -> context -> (signature, state); weak: a dead model's state goes with it
-_SHARED_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SHARED_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class BackendRuntime:
@@ -181,9 +181,10 @@ class BackendRuntime:
         kwargs = {name: args[i] for i, name in self.inputs}
         if self.graph is None:
             return self.compiled(**kwargs)
-        from .cached_step import StepRecord
         import torch.fx._pytree as fx_pytree
         import torch.utils._pytree as pytree
+
+        from .cached_step import StepRecord
 
         spec, graph = self.spec, self.graph
         flat = fx_pytree.tree_flatten_spec(((), kwargs), spec.in_spec)
@@ -275,7 +276,11 @@ def mcgraph_backend(gm: torch.fx.GraphModule, example_inputs: list, options: dic
 
 def register() -> None:
     """Register under "mcgraph" unless dynamo is loading us through the entry point (it registers then)."""
-    from torch._dynamo.backends.registry import _BACKENDS, _COMPILER_FNS, register_backend
+    from torch._dynamo.backends.registry import (
+        _BACKENDS,
+        _COMPILER_FNS,
+        register_backend,
+    )
 
     if "mcgraph" not in _COMPILER_FNS and _BACKENDS.get("mcgraph") is None:
         register_backend(mcgraph_backend, name="mcgraph")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.fx._pytree as fx_pytree
 
-from .capture import CapturedGraph
 from .cached_step import CachedStep
+from .capture import CapturedGraph
 from .config import ReuseConfig
 from .meta_prop import propagate
 from .pass_infra import PassManager
@@ -36,7 +36,7 @@ def build_cached_step(model, captured: CapturedGraph, structure: ModelStructure,
     stack_in = [values[n] for n in split.stack_inputs]
     h_l, *kv = propagate(split.stack, *stack_in)
     tokens = h_l.shape[1]
-    index = torch.arange(0, tokens, 2)
+    index = torch.arange(0, tokens, 2, device=h_l.device)
     propagate(subset, *stack_in, index, *kv)
     propagate(subset_functional, *stack_in, index, *kv)
     propagate(split.epilogue, h_l, *[values[n] for n in split.epilogue_inputs])

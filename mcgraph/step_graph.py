@@ -121,16 +121,18 @@ class StepGraph(torch.nn.Module):
             # every branch must return the same layout (cond checks strides): the stack's K/V may be views
             return tuple(t.contiguous() for t in outs)
 
+        def count(sel, k: int):
+            return torch.full((), k, dtype=torch.int64, device=sel.device)
+
         def skip(*ops):
             sel, _, h0, res, kv_, _ = unpack(ops)
             # cond branches may not return their inputs: clone (ONNX turns these into Identity)
-            return dense(h0 + res, res.clone(), torch.zeros_like(sel), torch.zeros((), dtype=torch.int64),
-                         *[t.clone() for t in kv_])
+            return dense(h0 + res, res.clone(), torch.zeros_like(sel), count(sel, 0), *[t.clone() for t in kv_])
 
         def full(*ops):
             sel, _, h0, _, _, stack_in = unpack(ops)
             h_l, *kv_new = self.stack(*stack_in)
-            return dense(h_l, h_l - h0, torch.ones_like(sel), torch.full((), tokens, dtype=torch.int64), *kv_new)
+            return dense(h_l, h_l - h0, torch.ones_like(sel), count(sel, tokens), *kv_new)
 
         def subset(k):
             def run(*ops):
@@ -139,7 +141,7 @@ class StepGraph(torch.nn.Module):
                 h_sel, *kv_new = self.subset_stack(*stack_in, index, *kv_)
                 residual = res.index_copy(1, index, h_sel - h0.index_select(1, index))
                 fresh = torch.zeros_like(sel).index_fill(0, index, True)
-                return dense(h0 + residual, residual, fresh, torch.full((), k, dtype=torch.int64), *kv_new)
+                return dense(h0 + residual, residual, fresh, count(sel, k), *kv_new)
             return run
 
         sizes = [k for k in bucket_sizes(self.buckets, tokens) if k < tokens]

@@ -10,13 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from mcgraph.passes.token_subset import TokenSubsetStack
 from torch._dynamo.utils import counters
 
-import mcgraph
 from mcgraph.backend import mcgraph_backend, normalise_module_path
 from mcgraph.config import MotionCacheConfig, NoCache
-from mcgraph.errors import ConfigError
-from mcgraph.passes.token_subset import TokenSubsetStack
 
 from .cached import cached
 from .generations import reference_generation, skyreels_generation, wan_generation

@@ -22,8 +22,14 @@ from mcgraph.errors import ConfigError, McGraphError
 from mcgraph.export.onnx_export import META_KEY
 
 from .cached import cached
-from .generations import (reference_call_kwargs, reference_generation, skyreels_call_kwargs, skyreels_generation,
-                          wan_call_kwargs, wan_generation)
+from .generations import (
+    reference_call_kwargs,
+    reference_generation,
+    skyreels_call_kwargs,
+    skyreels_generation,
+    wan_call_kwargs,
+    wan_generation,
+)
 
 TOL = 1e-4
 BUCKETS = (0.5, 1.0)  # few branches keep the export quick; the tree of conds is the same for more

@@ -11,7 +11,14 @@ __version__ = "0.1.0"
 from .analysis import inspect
 from .capture import CapturedGraph, capture
 from .config import CacheConfig, NoCache
-from .errors import CaptureError, ConfigError, McGraphError, PassError, StructureNotFound, VerificationError
+from .errors import (
+    CaptureError,
+    ConfigError,
+    McGraphError,
+    PassError,
+    StructureNotFound,
+    VerificationError,
+)
 from .optimize import OptimizedModule, optimize
 from .structure import ModelStructure
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SkyReelsV2Adapter", "tiny_skyreels_v2_config", "build_tiny_skyreels_v2"]
+__all__ = ["SkyReelsV2Adapter", "build_tiny_skyreels_v2", "tiny_skyreels_v2_config"]
 
 
 class SkyReelsV2Adapter:

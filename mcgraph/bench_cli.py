@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 POLICY_NAMES = ("none", "teacache", "flowcache", "motioncache")
+RUNTIME_NAMES = ("eager", "compile", "onnx")
 from .config import MOTION_SOURCES as SOURCE_NAMES  # light import (dataclasses only)
 
 
@@ -27,6 +28,15 @@ def _csv(kind, choices=None, name="value"):
         return tuple(out)
 
     return parse
+
+
+def _buckets(text: str):
+    from .runtimes import parse_buckets
+
+    try:
+        return parse_buckets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _threads(text: str):
@@ -147,6 +157,23 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--readme", action="store_true", help="print the README 'Results' section when done")
     p.add_argument("--readme-plots-dir", default=None, metavar="PATH",
                    help="where the README finds the plots (relative to it); default: --out as given")
+    g = p.add_argument_group(
+        "runtime benchmark (--runtimes)",
+        "Instead of the policy sweep: the same cached generation (one policy at one threshold, default "
+        "--thresholds motioncache=0.1; one seed; one thread count, default 1) on each runtime, side by side: "
+        "eager uncached / cached (exact K) / cached (capacity buckets); torch.compile of the bucketed model "
+        "(after a warm-up generation); ONNX Runtime uncached (torch.onnx.export) / cached (mcgraph.export.onnx). "
+        "Prints times and speedups (incl. ORT speedup / eager speedup, target >= 0.8), parity of the final "
+        "latents, compile and export times, ONNX node counts and sizes; writes DIR/runtime_bench.json and "
+        "DIR/runtime_report.md (ONNX files in DIR/onnx). --quick: 8 frames, 8 steps, buckets 0.5,1, aot_eager.")
+    g.add_argument("--runtimes", type=_csv(str, RUNTIME_NAMES, "runtime"), default=None, metavar="R1,R2,...",
+                   help="run the runtime benchmark with these runtimes: " + ", ".join(RUNTIME_NAMES)
+                        + " (eager is always measured: it is the baseline)")
+    g.add_argument("--compile-backend", choices=("inductor", "aot_eager", "eager"), default=None,
+                   help="torch.compile backend of the compiled run (default inductor; quick: aot_eager)")
+    g.add_argument("--buckets", type=_buckets, default=None, metavar="F1,F2,...",
+                   help="capacity buckets of the bucketed, compiled and ONNX runs (default "
+                        "0.125,0.25,0.375,0.5,0.75,1; quick: 0.5,1)")
     p.set_defaults(func=run_bench_command)
 
 
@@ -175,6 +202,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if args.readme:
             print(section)
         return 0
+
+    if args.runtimes is not None:
+        return run_runtime_bench_command(args)
+    if args.compile_backend is not None or args.buckets is not None:
+        raise UsageError("--compile-backend and --buckets apply to the runtime benchmark (--runtimes) only")
 
     import torch
 
@@ -230,4 +262,101 @@ def run_bench_command(args: argparse.Namespace) -> int:
     print(f"elapsed {data['elapsed_s']:.1f} s")
     if args.readme:
         print((Path(arts["results"])).read_text())
+    return 0
+
+
+def _runtime_command_line(args: argparse.Namespace, settings) -> str:
+    parts = ["mcgraph", "bench", "--runtimes", ",".join(settings.runtimes)]
+    if args.quick:
+        parts.append("--quick")
+    parts += ["--thresholds", f"{settings.policy}={settings.threshold:g}"]
+    if settings.motion_source is not None:
+        parts += ["--motion-sources", settings.motion_source]
+    for opt in ("seeds", "threads"):
+        value = getattr(args, opt)
+        if value is not None:
+            parts += ["--" + opt, ",".join(str(v) for v in value)]
+    for opt in ("compile_backend", "repeats", "steps", "frames", "window", "overlap", "ar_step", "guidance",
+                "shift", "addnoise", "weights"):
+        value = getattr(args, opt)
+        if value is not None:
+            parts += ["--" + opt.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.buckets is not None:
+        parts += ["--buckets", ",".join(f"{b:g}" for b in args.buckets)]
+    parts += ["--out", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_runtime_bench_command(args: argparse.Namespace) -> int:
+    """`mcgraph bench --runtimes ...`: see `mcgraph.runtime_bench`."""
+    from .cli import UsageError
+
+    for name, given in (("--from-json", args.from_json is not None), ("--peers", args.peers),
+                        ("--policies", args.policies is not None), ("--readme", args.readme),
+                        ("--peer-model", args.peer_model is not None), ("--peer-steps", args.peer_steps is not None)):
+        if given:
+            raise UsageError(f"{name} does not apply to the runtime benchmark (--runtimes); the policy and "
+                             f"threshold come from --thresholds POLICY=T")
+    over = {"runtimes": args.runtimes}
+    if args.thresholds:
+        if len(args.thresholds) != 1 or len(args.thresholds[0][1]) != 1:
+            raise UsageError("the runtime benchmark runs one policy at one threshold: give --thresholds POLICY=T "
+                             "once with one value")
+        over["policy"], (over["threshold"],) = args.thresholds[0]
+    for name, value in (("seed", args.seeds), ("thread count", args.threads), ("motion source", args.motion_sources)):
+        if value is not None and len(value) != 1:
+            raise UsageError(f"the runtime benchmark takes one {name}, got {', '.join(str(v) for v in value)}")
+    if args.seeds is not None:
+        over["seed"] = args.seeds[0]
+    if args.threads is not None:
+        over["threads"] = args.threads[0]
+    if args.motion_sources is not None:
+        if over.get("policy", "motioncache") != "motioncache":
+            raise UsageError("--motion-sources applies to motioncache only")
+        over["motion_source"] = args.motion_sources[0]
+    for name, attr in (("steps", "steps"), ("frames", "frames"), ("window", "window_frames"),
+                       ("overlap", "overlap_frames"), ("ar_step", "ar_step"), ("guidance", "guidance_scale"),
+                       ("shift", "shift"), ("addnoise", "addnoise_condition"), ("repeats", "repeats"),
+                       ("compile_backend", "compile_backend"), ("buckets", "buckets")):
+        value = getattr(args, name)
+        if value is not None:
+            over[attr] = value
+    if args.weights is not None:
+        over["weights"] = str(args.weights)
+    from .runtime_bench import (
+        RuntimeBenchSettings,
+        quick_runtime_settings,
+        ratio_table,
+        run_runtime_bench,
+        runtime_table,
+        write_runtime_outputs,
+    )
+
+    try:
+        settings = quick_runtime_settings(**over) if args.quick else RuntimeBenchSettings(**over)
+        from .sampler import SamplerConfig
+        from .zoo.weights import BUNDLED_WEIGHTS, read_metadata
+
+        weights = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
+        try:
+            cbs = int(read_metadata(weights)["config"]["causal_block_size"])
+        except Exception:  # missing/invalid weights: load_reference reports it clearly later
+            cbs = 1
+        SamplerConfig(**settings.sampler_kwargs(cbs))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if "onnx" in settings.runtimes:
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(f"--runtimes onnx needs the onnx extra (pip install 'mcgraph[onnx]'): {e}") from None
+    data = run_runtime_bench(settings, args.out, progress=not args.no_progress,
+                             command=_runtime_command_line(args, settings))
+    paths = write_runtime_outputs(data, args.out)
+    print(runtime_table(data))
+    print()
+    print(ratio_table(data))
+    print(f"wrote {paths['json']} and {paths['report']}")
+    print(f"elapsed {data['elapsed_s']:.1f} s")
     return 0

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 __all__ = ["SUBCOMMANDS", "HelpFormatter", "UsageError", "build_parser", "main", "version"]
 
@@ -26,7 +26,8 @@ class UsageError(Exception):
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as dist_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     try:
         return dist_version("mcgraph")
@@ -207,7 +208,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def _buckets(text: str) -> tuple[float, ...]:
-    from .runtimes import parse_buckets  # light: torch is imported, not used, at parse time
+    from .runtimes import (
+        parse_buckets,  # light: torch is imported, not used, at parse time
+    )
 
     try:
         return parse_buckets(text)

@@ -31,7 +31,7 @@ class CacheConfig:
         return {"policy": self.policy, "version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "CacheConfig":
+    def from_dict(data: dict[str, Any]) -> CacheConfig:
         data = dict(data)
         policy = data.pop("policy", None)
         version = data.pop("version", CONFIG_VERSION)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.fx

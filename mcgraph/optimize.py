@@ -87,7 +87,7 @@ class OptimizedModule(torch.nn.Module):
     def step(self):
         return self.__dict__["_specialisations"][-1].step
 
-    def with_config(self, config: CacheConfig) -> "OptimizedModule":
+    def with_config(self, config: CacheConfig) -> OptimizedModule:
         """The same captured graphs under another cache config (e.g. a threshold sweep), with fresh state.
         Capture and analysis are not repeated; only the cheap cache-aware step is rebuilt."""
         import dataclasses

@@ -13,7 +13,7 @@ import contextvars
 import weakref
 
 _CONTEXT = contextvars.ContextVar("mcgraph_cache_context", default="default")
-_RUNTIMES: "weakref.WeakSet" = weakref.WeakSet()
+_RUNTIMES: weakref.WeakSet = weakref.WeakSet()
 
 
 @contextlib.contextmanager

@@ -21,16 +21,18 @@ import dataclasses
 import logging
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
 # torch is imported inside the functions: `parse_buckets` serves the command line's argument parsing
 __all__ = ["COMPILE_BACKENDS", "RUNTIMES", "OrtModel", "compile_model", "export_cached", "export_uncached",
-           "graph_config", "parse_buckets", "quiet_export", "reference_example", "window_lengths"]
+           "graph_config", "parse_buckets", "quiet_export", "reference_example", "repair_passthrough_state",
+           "window_lengths"]
 
 RUNTIMES = ("eager", "compile", "onnx")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
@@ -224,6 +226,31 @@ class _PlainSession:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def repair_passthrough_state(path: str | Path) -> list[str]:
+    """Work around an export issue: a state tensor the step returns unchanged (e.g. TeaCache's / FlowCache's
+    `weights`, always 1) is one value that is both a graph input and a graph output, and the exporter names it
+    by the output (`new_state_weights`), so the file has no `state_weights` input and `OrtSession` cannot feed
+    it. Renames such inputs back to `state_<name>` and adds ``Identity(state_<name>) -> new_state_<name>``;
+    rewrites the file only when needed. Returns the repaired state names (empty for a correct file)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    inputs = {i.name for i in model.graph.input}
+    outputs = {o.name for o in model.graph.output}
+    repaired = []
+    for value in model.graph.input:
+        name = value.name
+        if name.startswith("new_state_") and name in outputs and name[len("new_"):] not in inputs:
+            value.name = name[len("new_"):]
+            model.graph.node.insert(0, helper.make_node("Identity", [value.name], [name],
+                                                        name=f"mcgraph_passthrough_{value.name}"))
+            repaired.append(name[len("new_state_"):])
+    if repaired:
+        onnx.save(model, str(path))
+    return repaired
+
+
 def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cached", threads: int | None = 1,
                   log: Callable[[str], None] = lambda s: None) -> OrtModel:
     """Export `opt` (a caching `mcgraph.optimize` result) once per example (window length -> call kwargs)
@@ -238,6 +265,9 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
         path = out_dir / f"{stem}_{length}f.onnx"
         with quiet_export():
             info = export_onnx(opt, path, example_kwargs=kwargs)
+            repaired = repair_passthrough_state(path)
+            if repaired:
+                log(f"repaired pass-through state input(s) {repaired} of {path.name} (see repair_passthrough_state)")
             start = time.perf_counter()
             sess = OrtSession(path, threads=threads)
             session_seconds += time.perf_counter() - start
@@ -253,7 +283,7 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
 def export_uncached(model, examples: dict, out_dir: str | Path, *, stem: str = "uncached",
                     latent_input: str = "hidden_states", threads: int | None = 1,
                     log: Callable[[str], None] = lambda s: None) -> OrtModel:
-    """The uncached ONNX baseline: ``torch.onnx.export(model, (), kwargs, dynamo=True)`` per example."""
+    """The uncached ONNX baseline: ``torch.onnx.export(model, (), kwargs=kwargs, dynamo=True)`` per example."""
     import inspect
 
     import onnx
@@ -268,7 +298,7 @@ def export_uncached(model, examples: dict, out_dir: str | Path, *, stem: str = "
         path = out_dir / f"{stem}_{length}f.onnx"
         start = time.perf_counter()
         with quiet_export(), torch.no_grad():
-            program = torch.onnx.export(model, (), kwargs, dynamo=True, verbose=False)
+            program = torch.onnx.export(model, (), kwargs=kwargs, dynamo=True, verbose=False)
             program.save(str(path))
         seconds = time.perf_counter() - start
         nodes = len(onnx.load(str(path), load_external_data=False).graph.node)

@@ -25,15 +25,16 @@ from __future__ import annotations
 import contextlib
 import operator
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .flow_matching import NUM_TRAIN_TIMESTEPS, sigma_schedule
 from .schedule import diffusion_forcing_schedule, num_rows
 
-__all__ = ["SamplerConfig", "Segment", "RowInfo", "SampleResult", "sample", "plan_segments", "expected_rows"]
+__all__ = ["RowInfo", "SampleResult", "SamplerConfig", "Segment", "expected_rows", "plan_segments", "sample"]
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ writers upscale with nearest-neighbour sampling to keep the pixels crisp.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["to_uint8_frames", "save_gif", "save_strip"]
+__all__ = ["save_gif", "save_strip", "to_uint8_frames"]
 
 
 def to_uint8_frames(video) -> np.ndarray:

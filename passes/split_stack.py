@@ -52,7 +52,7 @@ def _is_shape_assert(node: torch.fx.Node) -> bool:
     return is_op(node, *SHAPE_ASSERTS)
 
 
-def arg_lookup(g: torch.fx.Graph, env: dict) -> "callable":
+def arg_lookup(g: torch.fx.Graph, env: dict) -> callable:
     """Map an original node to its copy in `g`; parameters (get_attr) are re-created on first use."""
 
     def lookup(a: torch.fx.Node) -> torch.fx.Node:

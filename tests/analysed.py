@@ -9,7 +9,7 @@ from mcgraph.analysis import analyze
 from mcgraph.zoo.subjects import SUBJECTS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def analysed(name: str):
     subject = SUBJECTS[name]()
     captured = capture(subject.model, (), subject.kwargs)

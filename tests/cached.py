@@ -9,7 +9,7 @@ from mcgraph.config import MotionCacheConfig
 from mcgraph.zoo.subjects import SUBJECTS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def base_module(name: str, batch: int | None = None):
     subject = SUBJECTS[name]()
     kwargs = subject.kwargs if batch is None else subject.make_kwargs(batch=batch)

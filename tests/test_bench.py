@@ -7,8 +7,6 @@ import json
 import math
 
 import pytest
-
-from tests.conftest import TINY_WEIGHTS_STEP
 import torch
 
 from mcgraph.bench import (
@@ -21,8 +19,7 @@ from mcgraph.bench import (
     validate,
 )
 from mcgraph.cli import main
-
-
+from tests.conftest import TINY_WEIGHTS_STEP
 
 
 @pytest.fixture(scope="module")

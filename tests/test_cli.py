@@ -10,8 +10,6 @@ from mcgraph.zoo.scenes import LABEL_VOCAB_SIZE
 from mcgraph.zoo.weights import BUNDLED_WEIGHTS
 
 
-
-
 def run(*argv):
     return main([str(a) for a in argv])
 
@@ -65,7 +63,7 @@ def test_missing_weights_is_a_runtime_error(tmp_path, capsys):
 
 
 def test_subcommands_register_from_small_functions(monkeypatch, capsys):
-    import mcgraph.cli as cli
+    from mcgraph import cli
 
     def add_hello(subparsers):
         p = subparsers.add_parser("hello-test", help="say hello")

@@ -23,8 +23,6 @@ from mcgraph.heatmap import (
 )
 
 
-
-
 def run(*argv):
     return main([str(a) for a in argv])
 

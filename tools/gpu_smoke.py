@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="a small generation (CPU check of the script)")
+    p.add_argument("--inner", default="inductor", help="torch.compile backend behind both runtimes")
     p.add_argument("--runtimes", default="compile,backend",
                    help="which compiled runtimes to run besides eager: compile, backend (comma separated)")
     args = p.parse_args(argv)
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         runtimes = args.runtimes.split(",")
         if "compile" in runtimes:
             t0 = time.perf_counter()
-            compiled = torch.compile(opt, backend="inductor", fullgraph=True, dynamic=False)
+            compiled = torch.compile(opt, backend=args.inner, fullgraph=True, dynamic=False)
             first = gen(compiled)
             results["compile_first_generation_s"] = time.perf_counter() - t0
             got, results["compiled_cached_s"] = timed(lambda: gen(compiled))
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
             torch._dynamo.reset()
         if "backend" in runtimes:
             t0 = time.perf_counter()
-            backend = torch.compile(model, backend="mcgraph", dynamic=True, options={"config": cfg})
+            backend = torch.compile(model, backend="mcgraph", dynamic=True,
+                                    options={"config": cfg, "backend": args.inner})
             gen(backend)
             results["backend_first_generation_s"] = time.perf_counter() - t0
             got_b, results["backend_cached_s"] = timed(lambda: gen(backend))

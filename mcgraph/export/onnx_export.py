@@ -221,4 +221,4 @@ class _quiet_exporter:
             logging.getLogger(name).setLevel(level)
 
 
-__all__ = ["DECISION_OUTPUTS", "ExportError", "ExportInfo", "META_KEY", "export_onnx"]
+__all__ = ["DECISION_OUTPUTS", "META_KEY", "ExportError", "ExportInfo", "export_onnx"]

@@ -9,8 +9,8 @@ code would state (blocks, token grid, attention sites), which the analysis tests
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

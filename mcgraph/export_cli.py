@@ -131,7 +131,7 @@ def run_export_command(args: argparse.Namespace) -> int:
 
     from .demo import DemoSettingsError, make_cache_config
     from .export import export_onnx
-    from .runtimes import graph_config, quiet_export, repair_passthrough_state
+    from .runtimes import graph_config, quiet_export
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,12 +151,8 @@ def run_export_command(args: argparse.Namespace) -> int:
 
     import onnx
 
-    repaired = repair_passthrough_state(args.output)
     onnx.checker.check_model(str(args.output))
     print(f"wrote {info.summary()}")
-    if repaired:
-        print(f"note: the exporter had named the unchanged state input(s) {', '.join(repaired)} after their outputs; "
-              f"renamed back to {', '.join('state_' + n for n in repaired)} (Identity to the output)")
     print("onnx.checker: passed")
     print(f"inputs: {', '.join(info.inputs)}")
     print(f"outputs: {', '.join(info.outputs)}")

@@ -218,8 +218,13 @@ class OptimizedModule(torch.nn.Module):
         path with torch.cond), the state read from and written back to this module (dynamo replays the
         dict update after the graph). Not checked here, unlike eager: NaN inputs (a data-dependent branch)
         and the specialisation's guards (dynamo guards the shapes itself); no decision records."""
-        spec = self.__dict__["_specialisations"][-1]
         bound = _bind_static(self.__dict__["_parameters_spec"], args, kwargs)
+        key = static_key(bound)
+        matching = [s for s in self.__dict__["_specialisations"] if s.captured.static_key == key]
+        if not matching:
+            raise CaptureError(f"no captured specialisation of {self.captured.model_class} takes these arguments "
+                               f"({dict(key)}); call the optimised model once without torch.compile to capture it")
+        spec = matching[-1]  # shapes: the capture is symbolic, and dynamo guards the sizes it specialised
         if spec.step is None:
             return spec.captured(bound)
         flat = fx_pytree.tree_flatten_spec(((), bound), spec.in_spec)

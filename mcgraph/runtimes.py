@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # torch is imported inside the functions: `parse_buckets` serves the command line's argument parsing
 __all__ = ["COMPILE_BACKENDS", "RUNTIMES", "OrtModel", "compile_model", "export_cached", "export_uncached",
-           "graph_config", "parse_buckets", "quiet_export", "reference_example", "repair_passthrough_state",
+           "graph_config", "parse_buckets", "quiet_export", "reference_example",
            "window_lengths"]
 
 RUNTIMES = ("eager", "compile", "onnx")
@@ -99,27 +99,7 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-@contextlib.contextmanager
-def quiet_export():
-    """Silence the exporters' per-op notes (onnx_ir's empty-attribute warnings, dynamo's and onnxscript's
-    logs) and ONNX Runtime's constant-folding warnings; errors still show."""
-    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)
-    except ImportError:
-        pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
+from .export.onnx_export import quiet_export  # noqa: E402  (re-exported: one implementation)
 
 
 # ------------------------------------------------------------------------------------------ ONNX Runtime
@@ -226,31 +206,6 @@ class _PlainSession:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def repair_passthrough_state(path: str | Path) -> list[str]:
-    """Work around an export issue: a state tensor the step returns unchanged (e.g. TeaCache's / FlowCache's
-    `weights`, always 1) is one value that is both a graph input and a graph output, and the exporter names it
-    by the output (`new_state_weights`), so the file has no `state_weights` input and `OrtSession` cannot feed
-    it. Renames such inputs back to `state_<name>` and adds ``Identity(state_<name>) -> new_state_<name>``;
-    rewrites the file only when needed. Returns the repaired state names (empty for a correct file)."""
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(path))
-    inputs = {i.name for i in model.graph.input}
-    outputs = {o.name for o in model.graph.output}
-    repaired = []
-    for value in model.graph.input:
-        name = value.name
-        if name.startswith("new_state_") and name in outputs and name[len("new_"):] not in inputs:
-            value.name = name[len("new_"):]
-            model.graph.node.insert(0, helper.make_node("Identity", [value.name], [name],
-                                                        name=f"mcgraph_passthrough_{value.name}"))
-            repaired.append(name[len("new_state_"):])
-    if repaired:
-        onnx.save(model, str(path))
-    return repaired
-
-
 def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cached", threads: int | None = 1,
                   log: Callable[[str], None] = lambda s: None) -> OrtModel:
     """Export `opt` (a caching `mcgraph.optimize` result) once per example (window length -> call kwargs)
@@ -265,9 +220,6 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
         path = out_dir / f"{stem}_{length}f.onnx"
         with quiet_export():
             info = export_onnx(opt, path, example_kwargs=kwargs)
-            repaired = repair_passthrough_state(path)
-            if repaired:
-                log(f"repaired pass-through state input(s) {repaired} of {path.name} (see repair_passthrough_state)")
             start = time.perf_counter()
             sess = OrtSession(path, threads=threads)
             session_seconds += time.perf_counter() - start

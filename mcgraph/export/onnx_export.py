@@ -16,6 +16,7 @@ graph's doc strings. `mcgraph.export.OrtSession` is that runner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -112,8 +113,7 @@ def export_onnx(model, path: str | Path, *example_args, example_kwargs: dict | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
-            warnings.simplefilter("ignore")
+        with torch.no_grad(), quiet_export():
             exported = torch.export.export(graph, tuple(flat) + tuple(state), strict=False)
             program = torch.onnx.export(exported, dynamo=True, input_names=names_in, output_names=names_out,
                                         optimize=optimize, verbose=False)
@@ -121,6 +121,10 @@ def export_onnx(model, path: str | Path, *example_args, example_kwargs: dict | N
         raise ExportError(f"exporting {spec.captured.model_class} ({type(step.config).__name__}) to ONNX failed: "
                           f"{type(exc).__name__}: {exc}") from exc
     proto = program.model_proto
+    got_in, got_out = [v.name for v in proto.graph.input], [v.name for v in proto.graph.output]
+    if got_in != names_in or got_out != names_out:
+        raise ExportError(f"the exported graph's interface differs from the intended one: inputs {got_in} "
+                          f"(wanted {names_in}), outputs {got_out} (wanted {names_out})")
     _strip_stack_traces(proto.graph)
     _document(proto, graph, step, spec, bound, flat, tensor_slots, state, names_in, buckets=graph.buckets)
     onnx.save(proto, str(path))
@@ -206,19 +210,27 @@ def _op_counts(graph) -> dict:
     return counts
 
 
-class _quiet_exporter:
-    """The exporter logs per-op notes (missing torchvision ops, initializer dedup) that are not news to users."""
+@contextlib.contextmanager
+def quiet_export():
+    """Silence the exporters' per-op notes (onnx_ir's empty-attribute warnings, dynamo's and onnxscript's
+    logs, initializer dedup) and ONNX Runtime's constant-folding warnings: not news to users; errors show."""
+    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        import onnxruntime
 
-    def __enter__(self):
-        self._levels = {}
-        for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export"):
-            logger = logging.getLogger(name)
-            self._levels[name] = logger.level
-            logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
 
 
 __all__ = ["DECISION_OUTPUTS", "META_KEY", "ExportError", "ExportInfo", "export_onnx"]

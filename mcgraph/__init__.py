@@ -20,10 +20,11 @@ from .errors import (
     VerificationError,
 )
 from .optimize import OptimizedModule, optimize
+from .runtime_context import cache_context, reset_cache
 from .structure import ModelStructure
 
 __all__ = [
     "CacheConfig", "CaptureError", "CapturedGraph", "ConfigError", "McGraphError", "ModelStructure", "NoCache",
-    "OptimizedModule", "PassError", "StructureNotFound", "VerificationError", "__version__", "capture", "inspect",
-    "optimize",
+    "OptimizedModule", "PassError", "StructureNotFound", "VerificationError", "__version__", "cache_context",
+    "capture", "inspect", "optimize", "reset_cache",
 ]

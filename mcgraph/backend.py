@@ -150,8 +150,17 @@ def _config(options: dict) -> CacheConfig:
     return config
 
 
-# first weight tensor of a model -> context -> (signature, state); weak: a dead model's state goes with it
-_SHARED_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id of a model's first weight tensor -> context -> (signature, state); the entry goes when the tensor does
+# (not a WeakKeyDictionary: it compares keys with ==, which for tensors is elementwise)
+_SHARED_STATES: dict[int, dict] = {}
+
+
+def _shared_states(weight: torch.Tensor) -> dict:
+    key = id(weight)
+    if key not in _SHARED_STATES:
+        _SHARED_STATES[key] = {}
+        weakref.finalize(weight, _SHARED_STATES.pop, key, None)
+    return _SHARED_STATES[key]
 
 
 class BackendRuntime:
@@ -172,7 +181,7 @@ class BackendRuntime:
         # dynamo compiles a model call again when a guard fails (e.g. an input starts to require grad); every
         # runtime built for the same weights must see one cache state, or the contexts would split between them
         weights = [getattr(lowered, name) for kind, name in lowered.slots if kind == "weight"]
-        self._states: dict[str, tuple] = _SHARED_STATES.setdefault(weights[0], {}) if weights else {}
+        self._states: dict[str, tuple] = _shared_states(weights[0]) if weights else {}
         self.record = False
         self.decision_records: list = []
         runtime_context.register(self)

@@ -82,10 +82,13 @@ class StepGraph(torch.nn.Module):
     def forward(self, *args):
         flat, state = list(args[:self.num_inputs]), self.state_from_list(args[self.num_inputs:])
         outputs, update, executed, new_state = self.run(flat, state)
-        given = {id(t) for t in args[self.num_inputs:]}
-        # a state the policy leaves as is (TeaCache's weights) would be an input returned as an output, which
-        # export turns into one value with the output's name: the file would lose the state_<name> input
-        new = [t.clone() if id(t) in given else t for t in self.state_to_list(new_state)]
+        new = self.state_to_list(new_state)
+        if torch.compiler.is_exporting():
+            # a state the policy leaves as is (TeaCache's weights) would be an input returned as an output, which
+            # export turns into one value with the output's name: the file would lose the state_<name> input.
+            # (Export only: under dynamo this identity test would become a guard on object ids.)
+            given = {id(t) for t in args[self.num_inputs:]}
+            new = [t.clone() if id(t) in given else t for t in new]
         return (*outputs, update, executed, *new)
 
     def run(self, flat: list, state: dict | None):

@@ -40,3 +40,15 @@ def tiny_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_reference(path, *build_reference(cfg), info={"step": TINY_WEIGHTS_STEP})
     return path
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Tests that compile start and end with dynamo's caches and counters empty (compile counts are asserted)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()

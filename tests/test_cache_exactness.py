@@ -16,6 +16,7 @@ from mcgraph.config import FlowCacheConfig, MotionCacheConfig, TeaCacheConfig
 from mcgraph.sampler import sample
 
 from .cached import cached
+from .generations import wan_generation
 
 TOL = 1e-5
 DF = dict(steps=8, shift=2.0, guidance_scale=4.0, ar_step=2)
@@ -48,36 +49,10 @@ def test_threshold_zero_reproduces_skyreels_generation():
     assert (got.latent - want.latent).abs().max().item() <= TOL
 
 
-def _wan_generation(model, ctx, neg, steps=8, guidance=4.0, seed=0):
-    """A standard (non-diffusion-forcing) flow-matching loop with CFG, as diffusers' Wan pipeline runs it."""
-    from mcgraph.flow_matching import sigma_schedule
-
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 4, 3, 8, 10, generator=g)
-    sig = sigma_schedule(steps, 3.0).float()
-    for i in range(steps):
-        t = torch.tensor([float(sig[i] * 1000)])
-        with _ctx(model, "cond"):
-            vc = model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
-        with _ctx(model, "uncond"):
-            vu = model(hidden_states=x, timestep=t, encoder_hidden_states=neg, return_dict=False)[0]
-        x = x + (sig[i + 1] - sig[i]) * (vu + guidance * (vc - vu))
-    return x
-
-
-def _ctx(model, name):
-    import contextlib
-
-    return model.cache_context(name) if hasattr(model, "cache_context") and not hasattr(model, "set_adapters") \
-        else contextlib.nullcontext()
-
-
 def test_threshold_zero_reproduces_wan_generation():
     subject, opt = cached("wan-tiny", MotionCacheConfig(threshold=0.0))
-    ctx = torch.randn(1, 7, 16, generator=torch.Generator().manual_seed(3))
-    neg = torch.zeros(1, 7, 16)
-    want = _wan_generation(subject.model, ctx, neg)
-    got = _wan_generation(opt, ctx, neg)
+    want = wan_generation(subject.model)
+    got = wan_generation(opt)
     assert (got - want).abs().max().item() <= TOL
 
 

@@ -24,12 +24,7 @@ BUCKETS = (0.5, 1.0)
 CONFIG = MotionCacheConfig(threshold=0.15, warmup_steps=2, phase1_computes=1, capacity_buckets=BUCKETS, chunk_frames=4)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _eager(name, config=CONFIG):

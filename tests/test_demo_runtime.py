@@ -21,11 +21,7 @@ def run(*argv):
     return main([str(a) for a in argv])
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def test_demo_runtime_onnx_matches_eager_with_the_same_buckets(tiny_weights, tmp_path):

@@ -20,11 +20,7 @@ def run(*argv):
     return main([str(a) for a in argv])
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def test_quick_runtime_bench_structure_and_parity(tiny_weights, tmp_path, capsys):

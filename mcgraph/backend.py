@@ -193,7 +193,7 @@ class BackendRuntime:
         import torch.fx._pytree as fx_pytree
         import torch.utils._pytree as pytree
 
-        from .cached_step import StepRecord
+        from .cached_step import StepRecord, execution_path
 
         spec, graph = self.spec, self.graph
         flat = fx_pytree.tree_flatten_spec(((), kwargs), spec.in_spec)
@@ -214,9 +214,8 @@ class BackendRuntime:
         self._states[context] = (signature, list(results[n + 2:]))
         if self.record:
             executed, tokens = int(results[n + 1]), results[n].shape[1]
-            path = "skip" if executed == 0 else ("full" if executed == tokens else "subset")
             self.decision_records.append(StepRecord(context, results[n].cpu(), executed, tokens,
-                                                    spec.step._geometry(flat)[0], path))
+                                                    spec.step._geometry(flat)[0], execution_path(executed, tokens)))
         return pytree.tree_unflatten(list(results[:n]), spec.out_spec)
 
     def record_decisions(self, on: bool = True) -> list:
@@ -235,7 +234,7 @@ def _check_options(options: dict) -> None:
 
 def _lower_and_optimize(gm, example_inputs, config, options):
     from .capture import capture
-    from .optimize import OptimizedModule
+    from .optimize import OptimizedModule, specialise_captured
 
     module, example = lower(gm, example_inputs)
     # a fresh tracing context: otherwise export's shape guards land in the frame dynamo is compiling
@@ -253,21 +252,8 @@ def _lower_and_optimize(gm, example_inputs, config, options):
         if stack:
             node.meta["nn_module_stack"] = {k: (normalise_module_path(p), c) for k, (p, c) in stack.items()}
     with torch._guards.tracing(None), torch._guards.compile_context(None):
-        spec = _specialise_captured(module, captured, config, options.get("dump_dir"))
+        spec = specialise_captured(module, captured, config, options.get("dump_dir"))
     return OptimizedModule(module, config, spec, options.get("dump_dir")), module
-
-
-def _specialise_captured(model, captured, config, dump_dir):
-    from .analysis import analyze
-    from .optimize import Specialisation, _chunk_frames, _step_graph
-
-    structure = analyze(captured, dump_dir=dump_dir)
-    if not isinstance(config, ReuseConfig):
-        return Specialisation(captured, structure)
-    from .cache_build import build_cached_step
-
-    step = build_cached_step(model, captured, structure, config, _chunk_frames(model, config), dump_dir)
-    return Specialisation(captured, structure, step, _step_graph(step, captured))
 
 
 def mcgraph_backend(gm: torch.fx.GraphModule, example_inputs: list, options: dict | None = None, **kwargs):

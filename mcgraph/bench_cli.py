@@ -99,6 +99,19 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _check_sampler_settings(settings) -> None:
+    """Raise ValueError now if the settings make no valid sampler (with the weights' causal block size)."""
+    from .sampler import SamplerConfig
+    from .zoo.weights import BUNDLED_WEIGHTS, read_metadata
+
+    weights = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
+    try:
+        cbs = int(read_metadata(weights)["config"]["causal_block_size"])
+    except Exception:  # missing/invalid weights: load_reference reports it clearly later
+        cbs = 1
+    SamplerConfig(**settings.sampler_kwargs(cbs))
+
+
 def add_bench_command(subparsers) -> None:
     from .cli import HelpFormatter
 
@@ -241,15 +254,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
                 th[policy] = values
             settings.thresholds = {k: tuple(v) for k, v in th.items()}
             settings.__post_init__()
-        from .sampler import SamplerConfig
-        from .zoo.weights import BUNDLED_WEIGHTS, read_metadata
-
-        weights = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
-        try:
-            cbs = int(read_metadata(weights)["config"]["causal_block_size"])
-        except Exception:  # missing/invalid weights: load_reference reports it clearly later
-            cbs = 1
-        SamplerConfig(**settings.sampler_kwargs(cbs))
+        _check_sampler_settings(settings)
     except ValueError as e:
         raise UsageError(str(e)) from None
     torch.set_num_threads(settings.threads[0])
@@ -334,15 +339,7 @@ def run_runtime_bench_command(args: argparse.Namespace) -> int:
 
     try:
         settings = quick_runtime_settings(**over) if args.quick else RuntimeBenchSettings(**over)
-        from .sampler import SamplerConfig
-        from .zoo.weights import BUNDLED_WEIGHTS, read_metadata
-
-        weights = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
-        try:
-            cbs = int(read_metadata(weights)["config"]["causal_block_size"])
-        except Exception:  # missing/invalid weights: load_reference reports it clearly later
-            cbs = 1
-        SamplerConfig(**settings.sampler_kwargs(cbs))
+        _check_sampler_settings(settings)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if "onnx" in settings.runtimes:

@@ -51,6 +51,11 @@ class Front:
     per_frame: int
 
 
+def execution_path(executed: int, tokens: int) -> str:
+    """The path a call took, from how many tokens ran through the blocks: "skip", "subset" or "full"."""
+    return "skip" if executed == 0 else ("full" if executed == tokens else "subset")
+
+
 def bucket_sizes(buckets, tokens: int) -> list[int]:
     """Token counts of the capacity buckets (fractions of `tokens`), ascending, the last one all tokens."""
     sizes = sorted({min(tokens, max(1, round(b * tokens))) for b in buckets})

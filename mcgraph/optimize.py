@@ -333,7 +333,11 @@ def _chunk_frames(model: torch.nn.Module, config: ReuseConfig) -> int:
 
 
 def _specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialisation:
-    captured = capture(model, args, kwargs)
+    return specialise_captured(model, capture(model, args, kwargs), config, dump_dir)
+
+
+def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dump_dir) -> Specialisation:
+    """Analyse a captured graph and, for a caching config, build its cached step and step graph."""
     structure = analyze(captured, dump_dir=dump_dir)
     if not isinstance(config, ReuseConfig):
         return Specialisation(captured, structure)

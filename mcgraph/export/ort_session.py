@@ -18,7 +18,7 @@ import torch
 import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
-from ..cached_step import StepRecord
+from ..cached_step import StepRecord, execution_path
 from ..errors import McGraphError
 from .onnx_export import META_KEY
 
@@ -128,9 +128,8 @@ class OrtSession:
         self._states[context] = results[n_out + 2:]
         if self._record:
             tokens = self.meta["tokens"]
-            path = "skip" if executed == 0 else ("full" if executed == tokens else "subset")
             self.decision_records.append(StepRecord(context, torch.from_numpy(recomputed), executed, tokens,
-                                                    self.meta["frames"], path))
+                                                    self.meta["frames"], execution_path(executed, tokens)))
         if self.out_spec is None:
             return tuple(outputs)
         return pytree.tree_unflatten(outputs, self.out_spec)

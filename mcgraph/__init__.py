@@ -8,10 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .analysis import inspect
-from .capture import CapturedGraph, capture
-from .config import CacheConfig, NoCache
-from .errors import (
+from mcgraph.compiler.analysis import inspect
+from mcgraph.compiler.capture import CapturedGraph, capture
+from mcgraph.config import CacheConfig, NoCache
+from mcgraph.errors import (
     CaptureError,
     ConfigError,
     McGraphError,
@@ -19,9 +19,9 @@ from .errors import (
     StructureNotFound,
     VerificationError,
 )
-from .optimize import OptimizedModule, optimize
-from .runtime_context import cache_context, reset_cache
-from .structure import ModelStructure
+from mcgraph.runtime.optimized import OptimizedModule, optimize
+from mcgraph.runtime.context import cache_context, reset_cache
+from mcgraph.compiler.structure import ModelStructure
 
 __all__ = [
     "CacheConfig", "CaptureError", "CapturedGraph", "ConfigError", "McGraphError", "ModelStructure", "NoCache",

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import ConfigError
+from mcgraph.errors import ConfigError
 
 CONFIG_VERSION = 1
 
@@ -80,7 +80,7 @@ class ReuseConfig(CacheConfig):
     warmup_steps: a token is computed at its first `warmup_steps` changed steps before any reuse.
     force_final_step / final_timestep: always compute a token whose timestep t is in (0, final_timestep],
         i.e. its final denoising step; set final_timestep to your schedule's last non-zero timestep
-        (`mcgraph.sampler.final_timestep(steps, shift)`); the default 50 fits 50 steps at shift <= 3.
+        (`mcgraph.video.sampler.final_timestep(steps, shift)`); the default 50 fits 50 steps at shift <= 3.
     chunk_frames: frames per chunk (the causal block); None reads the model config
         (`causal_block_size` / `num_frame_per_block`), else 1.
     capacity_buckets: None computes exactly the selected tokens (data-dependent count, eager); a tuple of

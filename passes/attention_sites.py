@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch.fx
 
 from mcgraph.errors import StructureNotFound, module_path
-from mcgraph.graph_walk import find_producer, is_projection
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import ATEN, is_op, shape, size_str
-from mcgraph.structure import ATTENTION, AttentionSite, structure_of
+from mcgraph.compiler.graph_walk import find_producer, is_projection
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import ATEN, is_op, shape, size_str
+from mcgraph.compiler.structure import ATTENTION, AttentionSite, structure_of
 
 SDPA_OPS = (
     ATEN.scaled_dot_product_attention,

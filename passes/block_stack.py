@@ -15,9 +15,9 @@ from collections import defaultdict
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import shape
-from mcgraph.structure import ATTENTION, BLOCK, TOKEN_DIMS, BlockInfo, structure_of
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import shape
+from mcgraph.compiler.structure import ATTENTION, BLOCK, TOKEN_DIMS, BlockInfo, structure_of
 
 _INDEXED = re.compile(r"^(.+)\.(\d+)$")
 

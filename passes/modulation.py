@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
-from mcgraph.graph_walk import placeholders_of
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import ATEN, is_op, shape, size_str
-from mcgraph.structure import MODULATION, TOKEN_DIMS, ModulationInput, structure_of
+from mcgraph.compiler.graph_walk import placeholders_of
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import ATEN, is_op, shape, size_str
+from mcgraph.compiler.structure import MODULATION, TOKEN_DIMS, ModulationInput, structure_of
 
 
 def _feeds_sinusoid(node: torch.fx.Node, hops: int = 12) -> bool:

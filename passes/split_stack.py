@@ -23,10 +23,10 @@ import torch
 import torch.fx
 
 from mcgraph.errors import PassError
-from mcgraph.graph_walk import PASS_THROUGH
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import ATEN, is_op
-from mcgraph.structure import ATTENTION, TOKEN_DIMS, structure_of
+from mcgraph.compiler.graph_walk import PASS_THROUGH
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import ATEN, is_op
+from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
 
 # export's runtime shape assertions: they hold for the full token count, not for a token subset
 SHAPE_ASSERTS = (ATEN._assert_scalar, ATEN._assert_tensor_metadata, ATEN.sym_constrain_range_for_size)

@@ -14,9 +14,9 @@ import torch
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import example_int, is_symbolic, same_size, shape, size_str
-from mcgraph.structure import ATTENTION, TOKEN_DIMS, structure_of
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import example_int, is_symbolic, same_size, shape, size_str
+from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
 
 
 class TokenAxisAnalysis(GraphPass):

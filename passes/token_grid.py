@@ -13,10 +13,10 @@ import math
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
-from mcgraph.graph_walk import placeholders_of
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import ATEN, example_int, is_op, same_size, shape, size_str
-from mcgraph.structure import TokenGrid, structure_of
+from mcgraph.compiler.graph_walk import placeholders_of
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import ATEN, example_int, is_op, same_size, shape, size_str
+from mcgraph.compiler.structure import TokenGrid, structure_of
 
 CONV_OPS = (ATEN.conv3d, ATEN.conv2d, ATEN.convolution, ATEN._convolution)
 

@@ -20,11 +20,11 @@ import torch
 import torch.fx
 
 from mcgraph.errors import PassError
-from mcgraph.pass_infra import GraphPass, PassResult
-from mcgraph.shapes import ATEN, is_symbolic, same_size
-from mcgraph.structure import ATTENTION
+from mcgraph.compiler.pass_infra import GraphPass, PassResult
+from mcgraph.compiler.shapes import ATEN, is_symbolic, same_size
+from mcgraph.compiler.structure import ATTENTION
 
-from .split_stack import StackSplit, _is_shape_assert, _new_module, arg_lookup
+from mcgraph.passes.split_stack import StackSplit, _is_shape_assert, _new_module, arg_lookup
 
 
 class TokenSubsetStack(GraphPass):

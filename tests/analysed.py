@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from mcgraph import capture
-from mcgraph.analysis import analyze
+from mcgraph.compiler.analysis import analyze
 from mcgraph.zoo.subjects import SUBJECTS
 
 

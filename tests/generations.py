@@ -8,8 +8,8 @@ import contextlib
 
 import torch
 
-from mcgraph.flow_matching import sigma_schedule
-from mcgraph.sampler import sample
+from mcgraph.video.flow_matching import sigma_schedule
+from mcgraph.video.sampler import sample
 
 DF = dict(steps=8, shift=2.0, guidance_scale=4.0, ar_step=2)
 REF_SHAPE = (1, 12, 20, 16, 16)  # two windows of 12 frames (overlap 4)
@@ -31,7 +31,7 @@ def reference_call_kwargs(model) -> dict:
 
 class SkyReelsCall:
     """The sampler's `model(latent, timesteps, cond)` for a SkyReels-V2 transformer or any runtime called like one
-    (mcgraph.adapters.SkyReelsV2Adapter reads the model's parameters and config, which a runtime has not)."""
+    (mcgraph.video.adapters.SkyReelsV2Adapter reads the model's parameters and config, which a runtime has not)."""
 
     def __init__(self, model):
         self.model = model

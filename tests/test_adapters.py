@@ -5,12 +5,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from mcgraph.adapters import (
+from mcgraph.video.adapters import (
     SkyReelsV2Adapter,
     build_tiny_skyreels_v2,
     tiny_skyreels_v2_config,
 )
-from mcgraph.sampler import SamplerConfig, expected_rows, sample
+from mcgraph.video.sampler import SamplerConfig, expected_rows, sample
 
 CBS = tiny_skyreels_v2_config()["num_frame_per_block"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mcgraph import StructureNotFound, inspect
-from mcgraph.shapes import ATEN, is_op, shape
-from mcgraph.structure import ATTENTION, BLOCK, MODULATION, TOKEN_DIMS
+from mcgraph.compiler.shapes import ATEN, is_op, shape
+from mcgraph.compiler.structure import ATTENTION, BLOCK, MODULATION, TOKEN_DIMS
 
 from .analysed import SUBJECT_LIST, analysed
 
@@ -110,7 +110,7 @@ def test_symbolic_match_is_exact_when_sizes_collide():
     model = PlainDiT(dim=64, heads=4, patch=(1, 4, 4)).eval()
     kwargs = dict(x=torch.randn(2, 3, 4, 16, 16), t=torch.rand(2) * 1000, y=torch.tensor([1, 2]))  # 4*4*4 = 64 tokens
     from mcgraph import capture
-    from mcgraph.analysis import analyze
+    from mcgraph.compiler.analysis import analyze
 
     captured = capture(model, (), kwargs)
     st = analyze(captured)

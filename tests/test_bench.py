@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mcgraph.bench import (
+from mcgraph.bench.harness import (
     SCHEMA_PATH,
     BenchSettings,
     load_schema,
@@ -18,7 +18,7 @@ from mcgraph.bench import (
     results_section,
     validate,
 )
-from mcgraph.cli import main
+from mcgraph.cli.main import main
 from tests.conftest import TINY_WEIGHTS_STEP
 
 
@@ -38,7 +38,7 @@ def test_quick_bench_writes_valid_json(quick_run):
     import jsonschema
 
     jsonschema.Draft202012Validator.check_schema(load_schema())
-    assert SCHEMA_PATH.name == "bench_schema.json"
+    assert SCHEMA_PATH.name == "schema.json"
     env = data["environment"]
     assert env["torch"] == torch.__version__ and env["checkpoint"]["step"] == TINY_WEIGHTS_STEP and env["threads"] == [1]
     s = data["settings"]

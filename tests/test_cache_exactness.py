@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcgraph.adapters import SkyReelsV2Adapter
+from mcgraph.video.adapters import SkyReelsV2Adapter
 from mcgraph.config import FlowCacheConfig, MotionCacheConfig, TeaCacheConfig
-from mcgraph.sampler import sample
+from mcgraph.video.sampler import sample
 
 from .cached import cached
 from .generations import wan_generation

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mcgraph
-from mcgraph.cached_step import CacheMemoryError
+from mcgraph.runtime.step import CacheMemoryError
 from mcgraph.config import FlowCacheConfig, MotionCacheConfig, TeaCacheConfig
 
 from .cached import cached

@@ -5,7 +5,7 @@ import sys
 import pytest
 from PIL import Image
 
-from mcgraph.cli import build_parser, main
+from mcgraph.cli.main import build_parser, main
 from mcgraph.zoo.scenes import LABEL_VOCAB_SIZE
 from mcgraph.zoo.weights import BUNDLED_WEIGHTS
 
@@ -97,7 +97,7 @@ def test_python_dash_m_and_lazy_imports():
     assert p.returncode == 2 and "unrecognized arguments" in p.stderr
     heavy = ("onnx", "onnxruntime", "onnxscript", "diffusers", "matplotlib")
     code = (
-        "import sys, mcgraph, mcgraph.cli, mcgraph.sampler, mcgraph.schedule, mcgraph.video_io, mcgraph.adapters;"
+        "import sys, mcgraph, mcgraph.cli, mcgraph.video.sampler, mcgraph.video.schedule, mcgraph.eval.video_io, mcgraph.video.adapters;"
         f"bad = [m for m in {heavy!r} if m in sys.modules]; assert not bad, bad"
     )
     p = _python("-c", code)

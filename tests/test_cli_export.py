@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from mcgraph.cli import main
+from mcgraph.cli.main import main
 from mcgraph.errors import McGraphError
 
 

@@ -13,7 +13,7 @@ import torch._dynamo
 from mcgraph.passes.token_subset import TokenSubsetStack
 from torch._dynamo.utils import counters
 
-from mcgraph.backend import mcgraph_backend, normalise_module_path
+from mcgraph.runtime.backend import mcgraph_backend, normalise_module_path
 from mcgraph.config import MotionCacheConfig, NoCache
 
 from .cached import cached
@@ -76,7 +76,7 @@ def test_backend_is_found_by_name_and_entry_point():
 
     assert lookup_backend("mcgraph") is mcgraph_backend
     eps = {ep.name: ep.value for ep in entry_points(group="torch_dynamo_backends")}
-    assert eps.get("mcgraph") == "mcgraph.backend:mcgraph_backend"
+    assert eps.get("mcgraph") == "mcgraph.runtime.backend:mcgraph_backend"
 
 
 def test_backend_options_are_checked():

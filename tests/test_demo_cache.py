@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mcgraph.cached_step import StepRecord
-from mcgraph.cli import main
-from mcgraph.demo import make_cache_config, psnr, run_demo
-from mcgraph.heatmap import (
+from mcgraph.runtime.step import StepRecord
+from mcgraph.cli.main import main
+from mcgraph.cli.demo import make_cache_config, psnr, run_demo
+from mcgraph.eval.heatmap import (
     COMPUTED,
     REUSED,
     HeatmapStep,
@@ -92,7 +92,7 @@ def test_demo_cache_usage_errors(tiny_weights, tmp_path, capsys):
 
 
 def test_make_cache_config_defaults_final_timestep_from_schedule():
-    from mcgraph.flow_matching import final_timestep
+    from mcgraph.video.flow_matching import final_timestep
 
     cfg = make_cache_config("motioncache", steps=30, shift=3.0, motion_source="clean")
     assert cfg.final_timestep == pytest.approx(final_timestep(30, 3.0))

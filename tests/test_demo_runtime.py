@@ -8,10 +8,10 @@ import torch
 import torch._dynamo
 from PIL import Image
 
-from mcgraph.cli import _cache_report, main
-from mcgraph.demo import run_demo
-from mcgraph.runtimes import graph_config, parse_buckets
-from mcgraph.step_graph import DEFAULT_GRAPH_BUCKETS
+from mcgraph.cli.main import _cache_report, main
+from mcgraph.cli.demo import run_demo
+from mcgraph.bench.runtimes import graph_config, parse_buckets
+from mcgraph.runtime.step_graph import DEFAULT_GRAPH_BUCKETS
 
 TOL = 1e-4
 SMALL = dict(steps=3, window_frames=8, overlap_frames=4, progress=False, cache="motioncache", buckets=(0.5, 1.0))
@@ -64,7 +64,7 @@ def test_demo_runtime_compile_matches_eager_with_the_same_buckets(tiny_weights, 
 
 def test_graph_runtimes_default_to_the_graph_buckets(tiny_weights, tmp_path, monkeypatch):
     # the graph's default buckets, made small here: a 7-branch graph takes much longer to export
-    monkeypatch.setattr("mcgraph.step_graph.DEFAULT_GRAPH_BUCKETS", (0.5, 1.0))
+    monkeypatch.setattr("mcgraph.runtime.step_graph.DEFAULT_GRAPH_BUCKETS", (0.5, 1.0))
     result = run_demo(tmp_path, frames=4, window_frames=4, overlap_frames=0, steps=1, weights=tiny_weights,
                       progress=False, cache="teacache", runtime="onnx", heatmap=False, log=lambda s: None)
     assert result.cache.config.capacity_buckets == (0.5, 1.0)

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from mcgraph.cli import main
+from mcgraph.cli.main import main
 
 
 def test_inspect_reports_the_structure(capsys):

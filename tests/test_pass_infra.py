@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mcgraph import PassError, VerificationError, capture
-from mcgraph.pass_infra import GraphPass, PassManager, PassResult
-from mcgraph.verifier import verify_graph
+from mcgraph.compiler.pass_infra import GraphPass, PassManager, PassResult
+from mcgraph.compiler.verifier import verify_graph
 
 
 class Tiny(torch.nn.Module):

@@ -3,9 +3,9 @@ import contextlib
 import pytest
 import torch
 
-from mcgraph.flow_matching import sigma_schedule
-from mcgraph.sampler import SamplerConfig, expected_rows, plan_segments, sample
-from mcgraph.schedule import diffusion_forcing_schedule
+from mcgraph.video.flow_matching import sigma_schedule
+from mcgraph.video.sampler import SamplerConfig, expected_rows, plan_segments, sample
+from mcgraph.video.schedule import diffusion_forcing_schedule
 from mcgraph.zoo.causal_dit import CausalVideoDiT
 
 

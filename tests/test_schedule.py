@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcgraph.flow_matching import sigma_schedule
-from mcgraph.schedule import diffusion_forcing_schedule, num_rows
+from mcgraph.video.flow_matching import sigma_schedule
+from mcgraph.video.schedule import diffusion_forcing_schedule, num_rows
 
 
 def skyreels_reference(num_chunks, ar_step, steps, num_pre_ready_chunks):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mcgraph.video_io import save_gif, save_strip, to_uint8_frames
+from mcgraph.eval.video_io import save_gif, save_strip, to_uint8_frames
 
 
 def ramp(frames=5, h=6, w=8):

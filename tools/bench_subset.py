@@ -10,7 +10,7 @@ For each model, on one CPU thread, measured side by side (interleaved repeats, m
 4. the cost of motion estimation + decision, as a fraction of a full model call (target <= 3%), two ways:
    (a) ``opt.step.run`` on an identical second call, which skips the stack (path "skip"), minus the
    prologue and the epilogue: indicator distance, decide, residual add, motion weights and bookkeeping;
-   (b) the decision (distances from the indicator, ``mcgraph.decisions.decide``) and the motion weights of
+   (b) the decision (distances from the indicator, ``mcgraph.runtime.policies.decide``) and the motion weights of
    each motion source (``CachedStep._motion_weights``) timed directly on the real-sized tensors;
 5. where the subset stack spends its time (torch.profiler, grouped by op).
 
@@ -40,9 +40,9 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 import mcgraph
-from mcgraph.capture import bind_call
+from mcgraph.compiler.capture import bind_call
 from mcgraph.config import MotionCacheConfig
-from mcgraph.decisions import chunk_mean, decide
+from mcgraph.runtime.policies import chunk_mean, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_TARGET = 0.85  # wall speedup / FLOP speedup

@@ -10,9 +10,9 @@ from mcgraph.config import MotionCacheConfig, FlowCacheConfig
 from mcgraph.zoo.weights import load_reference, read_metadata, BUNDLED_WEIGHTS
 from mcgraph.zoo.scenes import random_scene
 from mcgraph.zoo.latent import latent_to_video
-from mcgraph.sampler import sample
-from mcgraph.flow_matching import final_timestep
-from mcgraph.metrics import psnr
+from mcgraph.video.sampler import sample
+from mcgraph.video.flow_matching import final_timestep
+from mcgraph.eval.metrics import psnr
 print("step", read_metadata(BUNDLED_WEIGHTS)["info"]["step"], flush=True)
 m, enc = load_reference()
 kw = dict(steps=50, shift=2.0, guidance_scale=4.0, causal_block_size=4, ar_step=4, window_frames=16, overlap_frames=4)

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mcgraph
-import mcgraph.backend
+import mcgraph.runtime.backend
 from mcgraph.config import MotionCacheConfig
-from mcgraph.sampler import sample
-from mcgraph.step_graph import DEFAULT_GRAPH_BUCKETS
+from mcgraph.video.sampler import sample
+from mcgraph.runtime.step_graph import DEFAULT_GRAPH_BUCKETS
 from mcgraph.zoo import scenes
 from mcgraph.zoo.weights import load_reference
 

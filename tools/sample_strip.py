@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mcgraph.video_io import save_strip
+from mcgraph.eval.video_io import save_strip
 from mcgraph.zoo.quality import continuation
 from mcgraph.zoo.weights import load_reference
 

@@ -4,14 +4,14 @@ TensorRT engine from that file where TensorRT is installed (see its docstring)."
 
 from __future__ import annotations
 
-from .onnx_export import ExportError, ExportInfo, export_onnx
+from mcgraph.export.onnx_export import ExportError, ExportInfo, export_onnx
 
 onnx = export_onnx  # mcgraph.export.onnx(optimized_model, "model.onnx", ...)
 
 
 def __getattr__(name):
     if name == "OrtSession":  # imports onnxruntime: only when asked for
-        from .ort_session import OrtSession
+        from mcgraph.export.ort_session import OrtSession
 
         return OrtSession
     raise AttributeError(name)

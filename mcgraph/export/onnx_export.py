@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.utils._pytree as pytree
 
-from ..config import ReuseConfig
-from ..errors import ConfigError, McGraphError
-from ..step_graph import DECISION_OUTPUTS, StepGraph
+from mcgraph.config import ReuseConfig
+from mcgraph.errors import ConfigError, McGraphError
+from mcgraph.runtime.step_graph import DECISION_OUTPUTS, StepGraph
 
 META_KEY = "mcgraph.meta"
 META_VERSION = 1
@@ -86,11 +86,11 @@ def export_onnx(model, path: str | Path, *example_args, example_kwargs: dict | N
 
     Example inputs fix the exported shapes; without them the capture's example inputs are used.
     `buckets`: capacity buckets (fractions of the token count), default the config's or
-    `mcgraph.step_graph.DEFAULT_GRAPH_BUCKETS`.
+    `mcgraph.runtime.step_graph.DEFAULT_GRAPH_BUCKETS`.
     """
     import onnx
 
-    from ..optimize import OptimizedModule
+    from mcgraph.runtime.optimized import OptimizedModule
 
     if not isinstance(model, OptimizedModule):
         raise ConfigError(f"export needs the result of mcgraph.optimize(...), got {type(model).__name__}")

@@ -18,9 +18,9 @@ import torch
 import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
-from ..cached_step import StepRecord, execution_path
-from ..errors import McGraphError
-from .onnx_export import META_KEY
+from mcgraph.runtime.step import StepRecord, execution_path
+from mcgraph.errors import McGraphError
+from mcgraph.export.onnx_export import META_KEY
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int32": np.int32,
                 "int64": np.int64, "bool": np.bool_, "bfloat16": None}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import McGraphError
+from mcgraph.errors import McGraphError
 
 
 def available() -> tuple[bool, str]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..flow_matching import NUM_TRAIN_TIMESTEPS, add_noise
-from ..sampler import sample
-from .latent import latent_to_video, video_to_latent
-from .scenes import random_scene, render, sample_batch
+from mcgraph.video.flow_matching import NUM_TRAIN_TIMESTEPS, add_noise
+from mcgraph.video.sampler import sample
+from mcgraph.zoo.latent import latent_to_video, video_to_latent
+from mcgraph.zoo.scenes import random_scene, render, sample_batch
 
 
 def held_out_loss(model, encoder, batch: int = 8, seed: int = 12345, frames: int = 16) -> float:

@@ -29,7 +29,10 @@ SPRITE_KINDS = ("square", "circle", "diamond")
 # direction index -> unit step (dx, dy); 8 compass directions
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
 SPEEDS = (1, 2)
-MAX_SPRITES = 3
+MAX_SPRITES = 3  # label slots (the label layout); scenes draw at most DEFAULT_SPRITES
+# v2 data: at most two sprites per scene. Fewer, distinct objects keep motion local and make coherent
+# motion learnable by a 1-2 M-parameter model in a few CPU hours (v1 drew up to three and generated flicker).
+DEFAULT_SPRITES = 2
 
 # Label layout: [bg_pattern, bg_colour, (kind, colour, motion) x MAX_SPRITES]; 0 is padding ("no label").
 # Each field has its own id range so one embedding table serves all of them.
@@ -92,8 +95,12 @@ def null_label(batch: int = 1) -> np.ndarray:
     return np.zeros((batch, LABEL_LENGTH), dtype=np.int64)
 
 
-def random_scene(rng: np.random.Generator, size: int = 32, p_static: float = 0.3) -> Scene:
-    n = int(rng.integers(1, MAX_SPRITES + 1))
+def random_scene(
+    rng: np.random.Generator, size: int = 32, p_static: float = 0.3, max_sprites: int = DEFAULT_SPRITES
+) -> Scene:
+    if not 1 <= max_sprites <= MAX_SPRITES:
+        raise ValueError(f"max_sprites must be in [1, {MAX_SPRITES}] (the label has {MAX_SPRITES} slots), got {max_sprites}")
+    n = int(rng.integers(1, max_sprites + 1))
     sprites = []
     for _ in range(n):
         s = int(rng.integers(5, 9))

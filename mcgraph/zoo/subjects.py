@@ -60,7 +60,7 @@ class Subject:
 
 
 def reference_subject(trained: bool = True) -> Subject:
-    from .weights import build_reference, load_reference
+    from mcgraph.zoo.weights import build_reference, load_reference
 
     model, _ = load_reference() if trained else build_reference()
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .causal_dit import CausalDiTConfig, CausalVideoDiT, LabelEncoder
-from .scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
+from mcgraph.zoo.causal_dit import CausalDiTConfig, CausalVideoDiT, LabelEncoder
+from mcgraph.zoo.scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "reference.safetensors"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 POLICY_NAMES = ("none", "teacache", "flowcache", "motioncache")
 RUNTIME_NAMES = ("eager", "compile", "onnx")
-from .config import MOTION_SOURCES as SOURCE_NAMES  # light import (dataclasses only)
+from mcgraph.config import MOTION_SOURCES as SOURCE_NAMES  # light import (dataclasses only)
 
 
 def _csv(kind, choices=None, name="value"):
@@ -31,7 +31,7 @@ def _csv(kind, choices=None, name="value"):
 
 
 def _buckets(text: str):
-    from .runtimes import parse_buckets
+    from mcgraph.bench.runtimes import parse_buckets
 
     try:
         return parse_buckets(text)
@@ -101,8 +101,8 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _check_sampler_settings(settings) -> None:
     """Raise ValueError now if the settings make no valid sampler (with the weights' causal block size)."""
-    from .sampler import SamplerConfig
-    from .zoo.weights import BUNDLED_WEIGHTS, read_metadata
+    from mcgraph.video.sampler import SamplerConfig
+    from mcgraph.zoo.weights import BUNDLED_WEIGHTS, read_metadata
 
     weights = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
     try:
@@ -113,7 +113,7 @@ def _check_sampler_settings(settings) -> None:
 
 
 def add_bench_command(subparsers) -> None:
-    from .cli import HelpFormatter
+    from mcgraph.cli.main import HelpFormatter
 
     p = subparsers.add_parser(
         "bench",
@@ -123,7 +123,7 @@ def add_bench_command(subparsers) -> None:
             "policy over a threshold sweep, for several seeds; measure wall time (median of repeats, side by side "
             "with the uncached run), FLOPs (torch.utils.flop_counter over the real cached calls), tokens computed, "
             "PSNR/SSIM vs the uncached video (whole, moving and static regions) and cache memory. Writes "
-            "DIR/bench.json (validated against mcgraph/bench_schema.json), DIR/report.md, DIR/results.md (README "
+            "DIR/bench.json (validated against mcgraph/bench/schema.json), DIR/report.md, DIR/results.md (README "
             "'Results' section) and PNG plots. --peers adds diffusers' Wan transformer under diffusers' own cache "
             "hooks and mcgraph's policies. --from-json regenerates the reports and plots from an existing JSON."
         ),
@@ -193,10 +193,10 @@ def add_bench_command(subparsers) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     import json
 
-    from .cli import UsageError
+    from mcgraph.cli.main import UsageError
 
     if args.from_json is not None:
-        from .bench import markdown_report, results_section, validate, write_plots
+        from mcgraph.bench.harness import markdown_report, results_section, validate, write_plots
 
         data = json.loads(args.from_json.read_text())
         validate(data)
@@ -223,7 +223,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import BenchSettings, quick_settings, run_bench, write_outputs
+    from mcgraph.bench.harness import BenchSettings, quick_settings, run_bench, write_outputs
 
     over = {}
     if args.seeds is not None:
@@ -293,8 +293,8 @@ def _runtime_command_line(args: argparse.Namespace, settings) -> str:
 
 
 def run_runtime_bench_command(args: argparse.Namespace) -> int:
-    """`mcgraph bench --runtimes ...`: see `mcgraph.runtime_bench`."""
-    from .cli import UsageError
+    """`mcgraph bench --runtimes ...`: see `mcgraph.bench.runtime_bench`."""
+    from mcgraph.cli.main import UsageError
 
     for name, given in (("--from-json", args.from_json is not None), ("--peers", args.peers),
                         ("--policies", args.policies is not None), ("--readme", args.readme),
@@ -328,7 +328,7 @@ def run_runtime_bench_command(args: argparse.Namespace) -> int:
             over[attr] = value
     if args.weights is not None:
         over["weights"] = str(args.weights)
-    from .runtime_bench import (
+    from mcgraph.bench.runtime_bench import (
         RuntimeBenchSettings,
         quick_runtime_settings,
         ratio_table,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def add_inspect_command(subparsers) -> None:
-    from .cli import HelpFormatter
-    from .zoo.subjects import SUBJECT_NAMES
+    from mcgraph.cli.main import HelpFormatter
+    from mcgraph.zoo.subjects import SUBJECT_NAMES
 
     p = subparsers.add_parser(
         "inspect",
@@ -34,7 +34,7 @@ def add_inspect_command(subparsers) -> None:
 
 
 def _load_factory(spec: str):
-    from .cli import UsageError
+    from mcgraph.cli.main import UsageError
 
     if ":" not in spec:
         raise UsageError(f"--factory must look like module:function, got {spec!r}")
@@ -48,8 +48,8 @@ def _load_factory(spec: str):
 
 
 def run_inspect_command(args: argparse.Namespace) -> int:
-    from .analysis import inspect
-    from .zoo.subjects import SUBJECTS
+    from mcgraph.compiler.analysis import inspect
+    from mcgraph.zoo.subjects import SUBJECTS
 
     if args.factory:
         model, kwargs = _load_factory(args.factory)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
+from mcgraph.config import FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
 
 
 def _chunk_layout(frames: int, chunk_frames: int, device, dtype):

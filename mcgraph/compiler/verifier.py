@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from .errors import VerificationError
+from mcgraph.errors import VerificationError
 
 
 def _needs_val(node: torch.fx.Node) -> bool:

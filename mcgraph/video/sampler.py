@@ -1,9 +1,9 @@
 """A model-agnostic diffusion-forcing sampler (SkyReels-V2 DF style) with rectified-flow Euler steps.
 
 The model is any callable ``model(latent [B, C, F, H, W], timesteps [B, F] float, conditioning) ->
-velocity [B, C, F, H, W]`` following `mcgraph.flow_matching` (v = noise - x0, t = 1000 * sigma).
+velocity [B, C, F, H, W]`` following `mcgraph.video.flow_matching` (v = noise - x0, t = 1000 * sigma).
 
-Per row of the `mcgraph.schedule` matrix every frame of the window is fed to the model with its own
+Per row of the `mcgraph.video.schedule` matrix every frame of the window is fed to the model with its own
 timestep: not-started chunks are pure noise at t = 1000, finished chunks are clean at t = 0, and the
 clean prefix (overlap history) of a continuation window is re-noised slightly (``addnoise_condition``,
 noise factor 0.001 * a at t = a) as SkyReels-V2 does. Only frames whose chunk advanced in that row take
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from .flow_matching import NUM_TRAIN_TIMESTEPS, sigma_schedule
-from .schedule import diffusion_forcing_schedule, num_rows
+from mcgraph.video.flow_matching import NUM_TRAIN_TIMESTEPS, sigma_schedule
+from mcgraph.video.schedule import diffusion_forcing_schedule, num_rows
 
 __all__ = ["RowInfo", "SampleResult", "SamplerConfig", "Segment", "expected_rows", "plan_segments", "sample"]
 
@@ -143,7 +143,7 @@ class SampleResult:
 def _model_hooks(model) -> tuple[Callable[[str], Any], Callable[[], None] | None]:
     """The model's own cache hooks combined with mcgraph's global ones (which reach models compiled with
     `torch.compile(model, backend="mcgraph")`: they have no hooks of their own)."""
-    from . import runtime_context
+    from mcgraph.runtime import context as runtime_context
 
     ctx = getattr(model, "cache_context", None)
     reset = getattr(model, "reset_cache", None)

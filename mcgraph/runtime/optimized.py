@@ -22,11 +22,11 @@ import torch
 import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
-from .analysis import analyze
-from .capture import CapturedGraph, bind_call, capture, static_key
-from .config import CacheConfig, NoCache, ReuseConfig
-from .errors import CaptureError, ConfigError
-from .structure import ModelStructure
+from mcgraph.compiler.analysis import analyze
+from mcgraph.compiler.capture import CapturedGraph, bind_call, capture, static_key
+from mcgraph.config import CacheConfig, NoCache, ReuseConfig
+from mcgraph.errors import CaptureError, ConfigError
+from mcgraph.compiler.structure import ModelStructure
 
 MAX_SPECIALISATIONS = 8
 
@@ -100,7 +100,7 @@ class OptimizedModule(torch.nn.Module):
                 step = dataclasses.replace(first.step, config=config, records=[], record=False,
                                            chunk_frames=_chunk_frames(self.original_module, config))
             else:
-                from .cache_build import build_cached_step
+                from mcgraph.compiler.cache_build import build_cached_step
 
                 step = build_cached_step(self.original_module, first.captured, first.structure, config,
                                          _chunk_frames(self.original_module, config), self.__dict__["_dump_dir"])
@@ -341,14 +341,14 @@ def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dum
     structure = analyze(captured, dump_dir=dump_dir)
     if not isinstance(config, ReuseConfig):
         return Specialisation(captured, structure)
-    from .cache_build import build_cached_step
+    from mcgraph.compiler.cache_build import build_cached_step
 
     step = build_cached_step(model, captured, structure, config, _chunk_frames(model, config), dump_dir)
     return Specialisation(captured, structure, step, _step_graph(step, captured))
 
 
 def _step_graph(step, captured: CapturedGraph):
-    from .step_graph import StepGraph
+    from mcgraph.runtime.step_graph import StepGraph
 
     info = captured.graph_module.graph._codegen.pytree_info
     return StepGraph(step, fx_pytree.tree_flatten_spec(((), captured.example_bound), info.in_spec))

@@ -23,7 +23,7 @@ import torch
 import torch.fx
 from torch.export import Dim
 
-from .errors import CaptureError
+from mcgraph.errors import CaptureError
 
 
 @dataclass

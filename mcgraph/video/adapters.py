@@ -26,7 +26,7 @@ class SkyReelsV2Adapter:
     `conditioning` is the text embedding [B, L, text_dim] (``encoder_hidden_states``), or a dict of keyword
     arguments for the transformer (``encoder_hidden_states`` plus e.g. ``encoder_hidden_states_image``).
     `fps` is used only by models built with ``inject_sample_info`` (the pipeline maps 16 fps to id 0, any
-    other rate to id 1). The cache protocol of `mcgraph.sampler` is forwarded to diffusers' own cache
+    other rate to id 1). The cache protocol of `mcgraph.video.sampler` is forwarded to diffusers' own cache
     hooks (``cache_context``; ``reset_cache`` resets diffusers' stateful hooks).
     """
 

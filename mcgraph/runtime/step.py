@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import MotionCacheConfig, ReuseConfig
-from .decisions import chunk_mean, decide
-from .errors import McGraphError
-from .motion import frame_differences, latent_tokens, normalise_per_frame
-from .structure import ModelStructure
+from mcgraph.config import MotionCacheConfig, ReuseConfig
+from mcgraph.runtime.policies import chunk_mean, decide
+from mcgraph.errors import McGraphError
+from mcgraph.runtime.motion import frame_differences, latent_tokens, normalise_per_frame
+from mcgraph.compiler.structure import ModelStructure
 
 
 class CacheMemoryError(McGraphError, MemoryError):

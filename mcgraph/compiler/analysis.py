@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from .capture import CapturedGraph, capture
-from .pass_infra import GraphPass, PassManager
-from .structure import STRUCTURE, ModelStructure, structure_of
+from mcgraph.compiler.capture import CapturedGraph, capture
+from mcgraph.compiler.pass_infra import GraphPass, PassManager
+from mcgraph.compiler.structure import STRUCTURE, ModelStructure, structure_of
 
 
 def analysis_passes() -> list[GraphPass]:

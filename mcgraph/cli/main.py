@@ -165,7 +165,7 @@ def add_demo_command(subparsers) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo import DemoSettingsError, parse_label, run_demo
+    from mcgraph.cli.demo import DemoSettingsError, parse_label, run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,7 +208,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def _buckets(text: str) -> tuple[float, ...]:
-    from .runtimes import (
+    from mcgraph.bench.runtimes import (
         parse_buckets,  # light: torch is imported, not used, at parse time
     )
 
@@ -269,19 +269,19 @@ def _runtime_report(policy: str, c) -> str:
 # ------------------------------------------------------------------------------------------- parser
 
 def add_inspect_command(subparsers) -> None:
-    from .inspect_cli import add_inspect_command as add
+    from mcgraph.cli.inspect import add_inspect_command as add
 
     add(subparsers)
 
 
 def add_bench_command(subparsers) -> None:
-    from .bench_cli import add_bench_command as add
+    from mcgraph.cli.bench import add_bench_command as add
 
     add(subparsers)
 
 
 def add_export_command(subparsers) -> None:
-    from .export_cli import add_export_command as add
+    from mcgraph.cli.export import add_export_command as add
 
     add(subparsers)
 

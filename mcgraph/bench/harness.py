@@ -10,7 +10,7 @@ MotionCache each `motion_source`). Per run it records:
 * wall time: the median of `repeats` timed generations per thread count, measured in the same process in
   interleaved rounds (baseline, then every configuration) so that drifting machine load hits all alike;
   speedup = baseline median / run median;
-* FLOPs: counted by `torch.utils.flop_counter` (`mcgraph.metrics.flop_counter`) over one whole generation,
+* FLOPs: counted by `torch.utils.flop_counter` (`mcgraph.eval.metrics.flop_counter`) over one whole generation,
   so cached calls count what they really compute; the ideal speedup they imply (FLOP ratio) and the
   efficiency = wall speedup / FLOP speedup (how much of what the skipped arithmetic allows is realised);
 * the fraction of tokens run through the blocks per call (from `decision_records`), overall and per row;
@@ -25,7 +25,7 @@ weights, built offline) in a standard flow-matching loop with CFG under diffuser
 relative error of the final latent.
 
 Outputs (in `out`): ``bench.json`` (every figure plus the environment; validated against
-``mcgraph/bench_schema.json``), ``report.md`` (tables), ``results.md`` (the README "Results" section),
+``mcgraph/bench/schema.json``), ``report.md`` (tables), ``results.md`` (the README "Results" section),
 ``pareto.png`` (speedup vs PSNR with a Pareto front per policy), ``computed_fraction.png`` (tokens computed
 per row) and ``strip.png`` (uncached / FlowCache / MotionCache frames at about equal speed).
 """
@@ -56,10 +56,10 @@ DEFAULT_THRESHOLDS = {
 }
 QUICK_THRESHOLDS = {"teacache": (0.1,), "flowcache": (0.1,), "motioncache": (0.1,)}
 try:  # every motion source this mcgraph knows (config.py is a light import)
-    from .config import MOTION_SOURCES
+    from mcgraph.config import MOTION_SOURCES
 except ImportError:  # pragma: no cover
     MOTION_SOURCES = ("hidden", "latent", "clean")
-SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 __all__ = [
     "SCHEMA_PATH",
@@ -242,7 +242,7 @@ def _environment(settings: BenchSettings, weights_path: Path) -> dict:
     import numpy
     import torch
 
-    from .zoo.weights import read_metadata
+    from mcgraph.zoo.weights import read_metadata
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
@@ -276,7 +276,7 @@ def _environment(settings: BenchSettings, weights_path: Path) -> dict:
 
 
 def _mcgraph_version() -> str:
-    from . import __version__
+    from mcgraph import __version__
 
     return __version__
 
@@ -319,7 +319,7 @@ class _Config:
 
 
 def _configs(settings: BenchSettings, final_t: float) -> list[_Config]:
-    from .config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
+    from mcgraph.config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
 
     out = []
     for policy in settings.policies:
@@ -376,13 +376,13 @@ def run_bench(settings: BenchSettings, *, progress: bool = True, log: Callable[[
 
     import mcgraph
 
-    from . import metrics
-    from .config import MotionCacheConfig
-    from .flow_matching import final_timestep
-    from .sampler import SamplerConfig, expected_rows, sample
-    from .zoo import scenes
-    from .zoo.latent import latent_to_video
-    from .zoo.weights import BUNDLED_WEIGHTS, load_reference
+    from mcgraph.eval import metrics
+    from mcgraph.config import MotionCacheConfig
+    from mcgraph.video.flow_matching import final_timestep
+    from mcgraph.video.sampler import SamplerConfig, expected_rows, sample
+    from mcgraph.zoo import scenes
+    from mcgraph.zoo.latent import latent_to_video
+    from mcgraph.zoo.weights import BUNDLED_WEIGHTS, load_reference
 
     started = time.perf_counter()
     weights_path = Path(settings.weights) if settings.weights else BUNDLED_WEIGHTS
@@ -544,7 +544,7 @@ def run_bench(settings: BenchSettings, *, progress: bool = True, log: Callable[[
 
 
 def _segments(settings: BenchSettings):
-    from .sampler import plan_segments
+    from mcgraph.video.sampler import plan_segments
 
     return plan_segments(settings.frames, settings.window_frames, settings.overlap_frames)
 
@@ -651,7 +651,7 @@ def _peer_model(size: str):
     import torch
 
     if size == "wan-tiny":
-        from .zoo.subjects import wan_subject
+        from mcgraph.zoo.subjects import wan_subject
 
         s = wan_subject("tiny")
         model = s.model
@@ -680,7 +680,7 @@ def _wan_loop(model, noise, ctx, neg, steps: int, shift: float, guidance: float,
     info), which diffusers' stateful cache hooks need)."""
     import torch
 
-    from .flow_matching import sigma_schedule
+    from mcgraph.video.flow_matching import sigma_schedule
 
     sig = sigma_schedule(steps, shift).float()
     x = noise.clone()
@@ -745,9 +745,9 @@ def run_peers(settings: BenchSettings, *, progress: bool = True, log: Callable[[
 
     import mcgraph
 
-    from . import metrics
-    from .config import FlowCacheConfig, MotionCacheConfig, TeaCacheConfig
-    from .flow_matching import final_timestep
+    from mcgraph.eval import metrics
+    from mcgraph.config import FlowCacheConfig, MotionCacheConfig, TeaCacheConfig
+    from mcgraph.video.flow_matching import final_timestep
 
     model, latent_shape, text_shape, model_cfg = _peer_model(settings.peer_model)
     steps, shift, guidance = settings.peer_steps, 3.0, settings.guidance_scale
@@ -1148,7 +1148,7 @@ def write_plots(data: dict, out: Path, videos: dict | None = None) -> list[str]:
     if videos and pair and "uncached" in videos:
         import numpy as np
 
-        from .video_io import to_uint8_frames
+        from mcgraph.eval.video_io import to_uint8_frames
 
         f, m = pair
         def name(r):

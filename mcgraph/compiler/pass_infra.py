@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import torch.fx
 
-from .errors import McGraphError, PassError
-from .verifier import verify_graph
+from mcgraph.errors import McGraphError, PassError
+from mcgraph.compiler.verifier import verify_graph
 
 
 @dataclass

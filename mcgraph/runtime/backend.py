@@ -4,7 +4,7 @@ Registered through the `torch_dynamo_backends` entry point (and on import of thi
 us its graph of the user's model with the weights as inputs; we
 
 1. lower it into mcgraph's IR: a module that owns the weights and replays dynamo's graph node by node under
-   `preserve_node_meta`, captured by `mcgraph.capture` (non-strict export). Dynamo's `nn_module_stack`
+   `preserve_node_meta`, captured by `mcgraph.compiler.capture` (non-strict export). Dynamo's `nn_module_stack`
    survives on every ATen node, normalised from `L['self'].__dict__['_modules']['blocks'].0` to `blocks.0`,
    so the same analyses find the blocks;
 2. run the same passes as `mcgraph.optimize` (one `OptimizedModule`);
@@ -30,9 +30,9 @@ import torch._guards
 import torch.fx
 import torch.fx.traceback as fx_traceback
 
-from . import runtime_context
-from .config import CacheConfig, MotionCacheConfig, ReuseConfig
-from .errors import ConfigError
+from mcgraph.runtime import context as runtime_context
+from mcgraph.config import CacheConfig, MotionCacheConfig, ReuseConfig
+from mcgraph.errors import ConfigError
 
 _MODULES = re.compile(r"\.__dict__\['_modules'\]\['([^']+)'\]")
 _ITEM = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
@@ -193,7 +193,7 @@ class BackendRuntime:
         import torch.fx._pytree as fx_pytree
         import torch.utils._pytree as pytree
 
-        from .cached_step import StepRecord, execution_path
+        from mcgraph.runtime.step import StepRecord, execution_path
 
         spec, graph = self.spec, self.graph
         flat = fx_pytree.tree_flatten_spec(((), kwargs), spec.in_spec)
@@ -233,8 +233,8 @@ def _check_options(options: dict) -> None:
 
 
 def _lower_and_optimize(gm, example_inputs, config, options):
-    from .capture import capture
-    from .optimize import OptimizedModule, specialise_captured
+    from mcgraph.compiler.capture import capture
+    from mcgraph.runtime.optimized import OptimizedModule, specialise_captured
 
     module, example = lower(gm, example_inputs)
     # a fresh tracing context: otherwise export's shape guards land in the frame dynamo is compiling

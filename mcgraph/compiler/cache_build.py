@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 import torch.fx._pytree as fx_pytree
 
-from .cached_step import CachedStep
-from .capture import CapturedGraph
-from .config import ReuseConfig
-from .meta_prop import propagate
-from .pass_infra import PassManager
-from .structure import ModelStructure
-from .verifier import verify_graph
+from mcgraph.runtime.step import CachedStep
+from mcgraph.compiler.capture import CapturedGraph
+from mcgraph.config import ReuseConfig
+from mcgraph.compiler.meta_prop import propagate
+from mcgraph.compiler.pass_infra import PassManager
+from mcgraph.compiler.structure import ModelStructure
+from mcgraph.compiler.verifier import verify_graph
 
 
 def build_cached_step(model, captured: CapturedGraph, structure: ModelStructure, config: ReuseConfig,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.fx
 
-from .shapes import ATEN, is_op
+from mcgraph.compiler.shapes import ATEN, is_op
 
 # Ops that move or rescale a value without mixing tokens or features in a learned way: walking back
 # through them from an attention input reaches the projection that produced it.

@@ -76,7 +76,7 @@ class RuntimeBenchSettings:
     quick: bool = False
 
     def __post_init__(self):
-        from .runtimes import COMPILE_BACKENDS
+        from mcgraph.bench.runtimes import COMPILE_BACKENDS
 
         self.runtimes = tuple(dict.fromkeys(self.runtimes))
         bad = [r for r in self.runtimes if r not in RUNTIME_NAMES]
@@ -95,7 +95,7 @@ class RuntimeBenchSettings:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.buckets is not None:
-            from .runtimes import parse_buckets
+            from mcgraph.bench.runtimes import parse_buckets
 
             self.buckets = parse_buckets(",".join(str(b) for b in self.buckets))
 
@@ -134,7 +134,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _environment(settings: RuntimeBenchSettings, weights: Path) -> dict:
     import torch
 
-    from .bench import _cpu_model, _git_commit, _mcgraph_version
+    from mcgraph.bench.harness import _cpu_model, _git_commit, _mcgraph_version
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "mcgraph": _mcgraph_version(),
            "cpu": _cpu_model(), "threads": settings.threads, "git_commit": _git_commit(), "weights": str(weights)}
@@ -155,8 +155,8 @@ def run_runtime_bench(settings: RuntimeBenchSettings, out_dir: str | Path, *, pr
 
     import mcgraph
 
-    from .demo import make_cache_config, psnr
-    from .runtimes import (
+    from mcgraph.cli.demo import make_cache_config, psnr
+    from mcgraph.bench.runtimes import (
         compile_model,
         compiled_graphs,
         export_cached,
@@ -165,10 +165,10 @@ def run_runtime_bench(settings: RuntimeBenchSettings, out_dir: str | Path, *, pr
         reference_example,
         window_lengths,
     )
-    from .sampler import SamplerConfig, sample
-    from .zoo import scenes
-    from .zoo.latent import latent_to_video
-    from .zoo.weights import BUNDLED_WEIGHTS, load_reference
+    from mcgraph.video.sampler import SamplerConfig, sample
+    from mcgraph.zoo import scenes
+    from mcgraph.zoo.latent import latent_to_video
+    from mcgraph.zoo.weights import BUNDLED_WEIGHTS, load_reference
 
     started = time.perf_counter()
     torch.set_num_threads(settings.threads)

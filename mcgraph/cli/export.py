@@ -1,7 +1,7 @@
 """`mcgraph export`: write a cache-aware model as one ONNX file (static shapes, explicit cache state).
 
 Builds a built-in model (the bundled reference DiT by default, or one of `mcgraph.zoo.subjects`), optimises
-it with a caching policy (`mcgraph.demo.make_cache_config`, the same settings as `mcgraph demo --cache`),
+it with a caching policy (`mcgraph.cli.demo.make_cache_config`, the same settings as `mcgraph demo --cache`),
 exports it with `mcgraph.export.onnx`, checks the file with ``onnx.checker`` and prints what was written.
 """
 
@@ -15,14 +15,14 @@ DEFAULT_REFERENCE_FRAMES = 16  # the demo's window
 
 
 def add_export_command(subparsers) -> None:
-    from .cli import (
+    from mcgraph.cli.main import (
         HelpFormatter,
         _buckets,
         _nonnegative_float,
         _nonnegative_int,
         _positive_int,
     )
-    from .zoo.subjects import SUBJECT_NAMES
+    from mcgraph.zoo.subjects import SUBJECT_NAMES
 
     p = subparsers.add_parser(
         "export",
@@ -70,13 +70,13 @@ def build_subject(name: str, frames: int | None, weights: Path | None):
     """(model, example kwargs, description) of a built-in model, called as the sampler calls it."""
     import torch
 
-    from .cli import UsageError
+    from mcgraph.cli.main import UsageError
 
     if weights is not None and name != "reference":
         raise UsageError(f"--weights applies to --model reference only, not {name!r}")
     if name in REFERENCE_MODELS:
-        from .zoo import scenes
-        from .zoo.weights import BUNDLED_WEIGHTS, build_reference, load_reference
+        from mcgraph.zoo import scenes
+        from mcgraph.zoo.weights import BUNDLED_WEIGHTS, build_reference, load_reference
 
         if name == "reference":
             path = weights if weights is not None else BUNDLED_WEIGHTS
@@ -95,7 +95,7 @@ def build_subject(name: str, frames: int | None, weights: Path | None):
         kwargs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 16, 16, generator=g),
                       timesteps=torch.rand(1, frames, generator=g) * 1000, context=context)
         return model, kwargs, f"{name} ({source})"
-    from .zoo.subjects import SUBJECTS
+    from mcgraph.zoo.subjects import SUBJECTS
 
     try:
         subject = SUBJECTS[name]()
@@ -112,7 +112,7 @@ def _shapes(kwargs: dict) -> str:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    from .cli import UsageError
+    from mcgraph.cli.main import UsageError
 
     if args.cache == "none":
         raise UsageError("--cache none has no cache to export; pick teacache, flowcache or motioncache (the "
@@ -129,9 +129,9 @@ def run_export_command(args: argparse.Namespace) -> int:
 
     import mcgraph
 
-    from .demo import DemoSettingsError, make_cache_config
-    from .export import export_onnx
-    from .runtimes import graph_config, quiet_export
+    from mcgraph.cli.demo import DemoSettingsError, make_cache_config
+    from mcgraph.export import export_onnx
+    from mcgraph.bench.runtimes import graph_config, quiet_export
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,8 +170,8 @@ def verify(opt, path, kwargs: dict, *, threads: int | None = None, calls: int = 
     import torch
     import torch.utils._pytree as pytree
 
-    from .export import OrtSession
-    from .runtimes import quiet_export
+    from mcgraph.export import OrtSession
+    from mcgraph.bench.runtimes import quiet_export
 
     with quiet_export():
         session = OrtSession(path, threads=threads)

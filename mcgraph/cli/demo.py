@@ -4,11 +4,11 @@ With a cache policy (`cache=` "none", "teacache", "flowcache" or "motioncache") 
 same noise) is generated twice in this process, uncached (the original model, eager) and through
 `mcgraph.optimize` with that policy; the result reports both wall times, the PSNR of the cached video
 against the uncached one and the fraction of tokens the cache computed, and heat maps of the recomputed
-tokens are written next to the frames (`mcgraph.heatmap`).
+tokens are written next to the frames (`mcgraph.eval.heatmap`).
 
 With `runtime` "compile" (``torch.compile(opt, fullgraph=True, dynamic=False)``) or "onnx" (one
 `mcgraph.export.onnx` file per window shape, run by ONNX Runtime) the cached video is made by that runtime,
-with static capacity buckets (`mcgraph.step_graph.DEFAULT_GRAPH_BUCKETS` unless `buckets` is given); the
+with static capacity buckets (`mcgraph.runtime.step_graph.DEFAULT_GRAPH_BUCKETS` unless `buckets` is given); the
 eager model with the same buckets runs too, as the reference the runtime must match (same decisions,
 latents equal to float tolerance). Compile / export time is reported separately from the generation times.
 """
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sampler import RowInfo, SamplerConfig, plan_segments, sample
-from .video_io import save_gif, save_strip, to_uint8_frames
-from .zoo import scenes
-from .zoo.latent import latent_to_video
-from .zoo.weights import BUNDLED_WEIGHTS, load_reference, read_metadata
+from mcgraph.video.sampler import RowInfo, SamplerConfig, plan_segments, sample
+from mcgraph.eval.video_io import save_gif, save_strip, to_uint8_frames
+from mcgraph.zoo import scenes
+from mcgraph.zoo.latent import latent_to_video
+from mcgraph.zoo.weights import BUNDLED_WEIGHTS, load_reference, read_metadata
 
 __all__ = ["CACHE_POLICIES", "CacheComparison", "DemoResult", "DemoSettingsError", "make_cache_config", "parse_label",
            "psnr", "run_demo"]
@@ -67,7 +67,7 @@ class CacheComparison:
     eager_computed_fraction: float | None = None
     setup_time_s: float | None = None  # compile: the warm-up generation (compiles included); onnx: export etc.
     setup_note: str = ""  # what the setup time consists of, for the report
-    exported: list | None = None  # onnx: mcgraph.runtimes.ExportedFile per window shape
+    exported: list | None = None  # onnx: mcgraph.bench.runtimes.ExportedFile per window shape
 
     @property
     def speedup(self) -> float:
@@ -106,10 +106,10 @@ class DemoResult:
 
 def psnr(video: torch.Tensor, reference: torch.Tensor) -> float:
     """PSNR in dB of `video` against `reference` ([frames, 3, H, W] in [-1, 1]), the mean of per-frame PSNRs as
-    `mcgraph.metrics.psnr` (and the caching papers) compute it: identical frames count as 100 dB, identical
+    `mcgraph.eval.metrics.psnr` (and the caching papers) compute it: identical frames count as 100 dB, identical
     videos give inf."""
     try:
-        from .metrics import psnr as metrics_psnr
+        from mcgraph.eval.metrics import psnr as metrics_psnr
     except ImportError:  # the same definition, standalone
         mse = (video.double() - reference.double()).pow(2).flatten(1).mean(1) / 4.0  # peak 2 -> scale [0, 1]
         if bool((mse == 0).all()):
@@ -123,9 +123,9 @@ def make_cache_config(policy: str, *, steps: int, shift: float, threshold: float
                       motion_source: str | None = None, capacity_buckets: Sequence[float] | None = None):
     """The mcgraph config of `policy` for the demo's schedule: final_timestep from (steps, shift), other
     fields the policy's defaults unless given. Raises DemoSettingsError for invalid values."""
-    from .config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
-    from .errors import ConfigError
-    from .flow_matching import final_timestep
+    from mcgraph.config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
+    from mcgraph.errors import ConfigError
+    from mcgraph.video.flow_matching import final_timestep
 
     if policy not in CACHE_POLICIES:
         raise DemoSettingsError(f"cache must be one of {', '.join(CACHE_POLICIES)}, got {policy!r}")
@@ -172,7 +172,7 @@ class _RowCollector:
         return self.opt.decision_records if hasattr(self.opt, "decision_records") else []
 
     def __call__(self, info: RowInfo):
-        from .heatmap import HeatmapStep, record_grid
+        from mcgraph.eval.heatmap import HeatmapStep, record_grid
 
         start, start_cpu = time.perf_counter(), time.process_time()
         frames = info.latent.shape[2]
@@ -280,7 +280,7 @@ def run_demo(
             raise DemoSettingsError(str(e)) from None
 
     make_config(causal_block_size or 1)  # fail fast, before the (slower) model load
-    from .runtimes import COMPILE_BACKENDS, RUNTIMES, graph_config
+    from mcgraph.bench.runtimes import COMPILE_BACKENDS, RUNTIMES, graph_config
 
     if runtime not in RUNTIMES:
         raise DemoSettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -453,7 +453,7 @@ def _compare_with_cache(model, cache_config, shape, cond, uncond, config: Sample
         comparison.setup_time_s, comparison.setup_note = setup["seconds"], setup["note"]
         comparison.exported = setup.get("exported")
     if heatmap_dir is not None:
-        from .heatmap import write_heatmap_gif, write_summary_png
+        from mcgraph.eval.heatmap import write_heatmap_gif, write_summary_png
 
         where = "" if runtime == "eager" else f" ({runtime})"
         title = (f"{_describe_config(cache_config)}{where}: {100 * computed:.1f}% of tokens computed, "
@@ -468,7 +468,7 @@ def _compare_with_cache(model, cache_config, shape, cond, uncond, config: Sample
 
 
 def _compiled_graphs() -> int:
-    from .runtimes import compiled_graphs
+    from mcgraph.bench.runtimes import compiled_graphs
 
     return compiled_graphs()
 
@@ -477,7 +477,7 @@ def _setup_runtime(runtime, opt, cache_config, compile_backend, lengths, example
                    export_dir, log):
     """(runner, {"seconds", "note", "exported"}): the compiled model after a warm-up generation, or the
     exported ONNX files (one per window shape) open in ONNX Runtime after one warm-up call per context."""
-    from .runtimes import compile_model, export_cached
+    from mcgraph.bench.runtimes import compile_model, export_cached
 
     start = time.perf_counter()
     if runtime == "compile":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .cached_step import CachedStep, Front, bucket_sizes, select_tokens
+from mcgraph.runtime.step import CachedStep, Front, bucket_sizes, select_tokens
 
 DEFAULT_GRAPH_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 DECISION_OUTPUTS = ("mcgraph_recomputed", "mcgraph_executed")

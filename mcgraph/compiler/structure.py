@@ -13,7 +13,7 @@ BLOCK = "mcgraph.block"  # int: index of the repeated block this node belongs to
 ATTENTION = "mcgraph.attention"  # AttentionSite, on the attention call node
 MODULATION = "mcgraph.modulation"  # ModulationInput, on timestep-dependent values entering the blocks
 # graph_module.meta key
-STRUCTURE = "mcgraph.structure"
+STRUCTURE = "mcgraph.compiler.structure"
 
 
 @dataclass

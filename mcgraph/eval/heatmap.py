@@ -1,6 +1,6 @@
 """Heat maps of which tokens a cache recomputed: per schedule row next to the video, and a summary.
 
-A cache's decisions come as `mcgraph.cached_step.StepRecord`s (``opt.record_decisions()``), one per model
+A cache's decisions come as `mcgraph.runtime.step.StepRecord`s (``opt.record_decisions()``), one per model
 call, each with a ``computed`` mask [B, L] over the frame-major token sequence (L = frames x h x w tokens).
 This module turns them into pictures (Pillow and numpy only, no matplotlib):
 

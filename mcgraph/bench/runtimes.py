@@ -60,7 +60,7 @@ def parse_buckets(text: str) -> tuple[float, ...]:
 
 def graph_config(config, buckets: Sequence[float] | None = None):
     """`config` with static capacity buckets: `buckets`, else the config's own, else DEFAULT_GRAPH_BUCKETS."""
-    from .step_graph import DEFAULT_GRAPH_BUCKETS
+    from mcgraph.runtime.step_graph import DEFAULT_GRAPH_BUCKETS
 
     chosen = tuple(buckets) if buckets is not None else (config.capacity_buckets or DEFAULT_GRAPH_BUCKETS)
     return dataclasses.replace(config, capacity_buckets=chosen)
@@ -68,7 +68,7 @@ def graph_config(config, buckets: Sequence[float] | None = None):
 
 def window_lengths(frames: int, window_frames: int | None, overlap_frames: int) -> list[int]:
     """The distinct window lengths the sampler calls the model with, in order of first use."""
-    from .sampler import plan_segments
+    from mcgraph.video.sampler import plan_segments
 
     return list(dict.fromkeys(s.length for s in plan_segments(frames, window_frames, overlap_frames)))
 
@@ -99,7 +99,7 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-from .export.onnx_export import quiet_export  # noqa: E402  (re-exported: one implementation)
+from mcgraph.export.onnx_export import quiet_export  # noqa: E402  (re-exported: one implementation)
 
 
 # ------------------------------------------------------------------------------------------ ONNX Runtime
@@ -140,7 +140,7 @@ class OrtModel:
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
         session = self.sessions.get(shape)
         if session is None:
-            from .errors import McGraphError
+            from mcgraph.errors import McGraphError
 
             known = ", ".join(str(list(k)) for k in self.sessions)
             raise McGraphError(f"no ONNX model was exported for {self.latent_input} of shape "
@@ -210,7 +210,7 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
                   log: Callable[[str], None] = lambda s: None) -> OrtModel:
     """Export `opt` (a caching `mcgraph.optimize` result) once per example (window length -> call kwargs)
     into `out_dir` and open each with `mcgraph.export.OrtSession`."""
-    from .export import OrtSession, export_onnx
+    from mcgraph.export import OrtSession, export_onnx
 
     files, sessions = [], {}
     session_seconds = 0.0

@@ -20,12 +20,20 @@ class CacheConfig:
     """Base class. `policy` names the caching policy; subclasses add and validate their fields."""
 
     policy: ClassVar[str] = "base"
+    abstract: ClassVar[bool] = True  # only concrete configs can be built, from a dict or by optimize()
+    caches: ClassVar[bool] = False  # True: a caching policy (needs the cache step and its state)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the offending field."""
+
+    def check_concrete(self) -> None:
+        """ConfigError unless this is a config one can run (not the abstract base of a family)."""
+        if self.abstract:
+            concrete = sorted(c.__name__ for c in _all_subclasses(CacheConfig) if not c.abstract)
+            raise ConfigError(f"{type(self).__name__} is abstract (the fields its policies share); use one of {concrete}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy, "version": CONFIG_VERSION, **dataclasses.asdict(self)}
@@ -37,7 +45,7 @@ class CacheConfig:
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ConfigError(f"config version {version} is not supported (this mcgraph reads version {CONFIG_VERSION})")
-        classes = {c.policy: c for c in _all_subclasses(CacheConfig)}
+        classes = {c.policy: c for c in _all_subclasses(CacheConfig) if not c.abstract}
         if policy not in classes:
             raise ConfigError(f"unknown policy {policy!r}; known: {sorted(classes)}")
         cls = classes[policy]
@@ -61,6 +69,7 @@ class NoCache(CacheConfig):
     """Capture and analyse, but cache nothing: the optimised model computes exactly what the original does."""
 
     policy: ClassVar[str] = "none"
+    abstract: ClassVar[bool] = False
 
 
 def require(condition: bool, config: CacheConfig, field: str, message: str) -> None:
@@ -89,7 +98,8 @@ class ReuseConfig(CacheConfig):
     max_cache_bytes: refuse (before allocating) a cache state larger than this, per context.
     """
 
-    policy: ClassVar[str] = "reuse"
+    policy: ClassVar[str] = "reuse"  # abstract: the fields every caching policy shares
+    caches: ClassVar[bool] = True
     threshold: float = 0.1
     warmup_steps: int = 5
     force_final_step: bool = True
@@ -117,6 +127,7 @@ class TeaCacheConfig(ReuseConfig):
     """TeaCache: reuse the whole step (every token) while the accumulated global distance stays below threshold."""
 
     policy: ClassVar[str] = "teacache"
+    abstract: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ class FlowCacheConfig(ReuseConfig):
     """FlowCache: TeaCache per chunk of frames (spec 3.2): each chunk is recomputed or reused as a whole."""
 
     policy: ClassVar[str] = "flowcache"
+    abstract: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,12 @@ class MotionCacheConfig(ReuseConfig):
         accumulators kept), avoiding tiny inefficient batches.
     token_distance: the step distance each token accumulates in the token phase: "chunk" (its chunk's
         distance, as the official SkyReels-V2 port's `global` mode) or "token" (its own indicator's change).
+    placebo_seed: a control for benchmarks, not for use: permute the motion weights within each frame by a
+        fixed random permutation from this seed (same weights, wrong places). None: the real weights.
     """
 
     policy: ClassVar[str] = "motioncache"
+    abstract: ClassVar[bool] = False
     phase1_computes: int = 6
     motion_source: str = "hidden"
     weight_floor: float = 0.6
@@ -153,6 +168,7 @@ class MotionCacheConfig(ReuseConfig):
     vote_threshold: float = 0.5
     min_update_ratio: float = 0.4
     token_distance: str = "chunk"
+    placebo_seed: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -162,3 +178,5 @@ class MotionCacheConfig(ReuseConfig):
         require(0 <= self.weight_floor <= 1, self, "weight_floor", "must be in [0, 1]")
         require(0 <= self.vote_threshold < 1, self, "vote_threshold", "must be in [0, 1)")
         require(0 <= self.min_update_ratio <= 1, self, "min_update_ratio", "must be in [0, 1]")
+        require(self.placebo_seed is None or (isinstance(self.placebo_seed, int) and self.placebo_seed >= 0), self,
+                "placebo_seed", "must be None or an int >= 0")

@@ -192,7 +192,7 @@ class SplitStack(GraphPass):
             mask_inputs=masks,
             in_spec=info.in_spec if info else None, out_spec=info.out_spec if info else None,
         )
-        return PassResult(gm, modified=False, info={"split": split, "prologue_nodes": len(pre),
-                                                    "stack_nodes": len(stack), "epilogue_nodes": len(post)})
+        return PassResult(gm, modified=False, product=split,
+                          info={"prologue_nodes": len(pre), "stack_nodes": len(stack), "epilogue_nodes": len(post)})
 
 

@@ -12,6 +12,9 @@ default, or out of place with `inplace_kv=False`) and
 lets the selected queries attend over all cached rows; cross-attention and MLPs see only the subset.
 Sizes equal to the token count are replaced by the subset's size, and export's shape assertions (which
 hold for the full token count) are dropped. With all tokens selected it computes what the stack computes.
+Shape metadata: sizes differ on a subset, so copied `val`s would lie; given `example_inputs` (stack inputs,
+an index, K/V caches) the pass runs the new graph once on them and records real metadata, so the verifier
+sees a complete graph. Product: `TokenSubset` (the number of attention layers cached).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from dataclasses import dataclass
+
+from mcgraph.compiler.meta_prop import propagate
 from mcgraph.errors import PassError
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_symbolic, same_size
@@ -27,11 +33,17 @@ from mcgraph.compiler.structure import ATTENTION
 from mcgraph.passes.split_stack import StackSplit, _is_shape_assert, _new_module, arg_lookup
 
 
+@dataclass
+class TokenSubset:
+    layers: int  # self-attention layers with a K/V cache
+
+
 class TokenSubsetStack(GraphPass):
     name = "token_subset"
 
-    def __init__(self, split: StackSplit, inplace_kv: bool = True):
+    def __init__(self, split: StackSplit, inplace_kv: bool = True, example_inputs: tuple | None = None):
         self.split = split
+        self.example_inputs = example_inputs
         # in place: the eager runtime owns the cache tensors, and copying every layer's whole K/V per call
         # costs ~5% of a 25% subset call (measured, tools/bench_subset.py); export needs the functional form
         self.inplace_kv = inplace_kv
@@ -112,4 +124,8 @@ class TokenSubsetStack(GraphPass):
         h_out = env[out.args[0][0]]
         g.output((h_out, *new_caches))
         g.eliminate_dead_code()
-        return PassResult(_new_module(stack, g), modified=True, info={"layers": layer})
+        gm = _new_module(stack, g)
+        if self.example_inputs is not None:
+            # K/V caches are written in place by the in-place form: run it on copies
+            propagate(gm, *[t.clone() if isinstance(t, torch.Tensor) else t for t in self.example_inputs])
+        return PassResult(gm, modified=True, info={"layers": layer}, product=TokenSubset(layer))

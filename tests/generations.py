@@ -60,7 +60,7 @@ def skyreels_call_kwargs() -> dict:
 
 def wan_generation(model, steps: int = 8, guidance: float = 4.0) -> torch.Tensor:
     """A standard flow-matching loop with CFG, as diffusers' Wan pipeline runs it."""
-    from mcgraph import runtime_context
+    from mcgraph.runtime import context as runtime_context
 
     g = torch.Generator().manual_seed(0)
     ctx = torch.randn(1, 7, 16, generator=torch.Generator().manual_seed(3))
@@ -98,7 +98,7 @@ def _own_context(model, name):
 
 @contextlib.contextmanager
 def _ctx(model, name):
-    from mcgraph import runtime_context
+    from mcgraph.runtime import context as runtime_context
 
     with _own_context(model, name), runtime_context.cache_context(name):
         yield

@@ -60,29 +60,34 @@ def test_threshold_zero_reproduces_wan_generation():
                                   "plain-dit"])
 def test_token_subset_stack_matches_full_stack_rows(name):
     subject, opt = cached(name, MotionCacheConfig(threshold=0.0))
-    step = opt.step
+    graphs = opt.step.graphs
     with torch.no_grad():
         stack_in = opt.stack_inputs(**subject.make_kwargs(seed=11))
-        h_full, *kv = step.stack(*stack_in)
+        h_full, *kv = graphs.stack(*stack_in)
         tokens = h_full.shape[1]
         g = torch.Generator().manual_seed(0)
         for n in (1, tokens // 3, tokens):
             index = torch.randperm(tokens, generator=g)[:n].sort().values
-            h_sel, *kv_new = step.subset_stack(*stack_in, index, *kv)
-            assert h_sel.shape == (h_full.shape[0], n, h_full.shape[2])
-            torch.testing.assert_close(h_sel, h_full.index_select(1, index), atol=2e-5, rtol=1e-4)
-            for a, b in zip(kv_new, kv):
-                torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+            for subset_stack in (graphs.subset_stack, graphs.subset_stack_functional):
+                # the selected rows of the cache are stale (zero): the subset stack must write them fresh
+                stale = [t.clone().index_fill_(t.dim() - 2, index, 0.0) for t in kv]
+                h_sel, *kv_new = subset_stack(*stack_in, index, *stale)
+                assert h_sel.shape == (h_full.shape[0], n, h_full.shape[2])
+                torch.testing.assert_close(h_sel, h_full.index_select(1, index), atol=2e-5, rtol=1e-4)
+                assert len(kv_new) == len(kv) > 0
+                for fresh, full in zip(kv_new, kv):
+                    assert fresh is not full
+                    torch.testing.assert_close(fresh, full, atol=2e-5, rtol=1e-4)
 
 
 def test_subset_attends_to_stale_cache_rows():
     """Non-selected rows must come from the cache: poisoning them changes the selected tokens' output."""
     subject, opt = cached("reference-untrained", MotionCacheConfig(threshold=0.0))
-    step = opt.step
+    graphs = opt.step.graphs
     with torch.no_grad():
         stack_in = opt.stack_inputs(**subject.kwargs)
-        h_full, *kv = step.stack(*stack_in)
+        h_full, *kv = graphs.stack(*stack_in)
         index = torch.arange(0, h_full.shape[1], 2)
         poisoned = [t + 1.0 for t in kv]
-        h_sel, *_ = step.subset_stack(*stack_in, index, *poisoned)
+        h_sel, *_ = graphs.subset_stack(*stack_in, index, *poisoned)
         assert (h_sel - h_full.index_select(1, index)).abs().max() > 1e-3

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mcgraph
-from mcgraph.runtime.step import CacheMemoryError
+from mcgraph.runtime.session import CacheMemoryError
+from mcgraph.runtime.step import bucket_sizes, select_tokens
 from mcgraph.config import FlowCacheConfig, MotionCacheConfig, TeaCacheConfig
 
 from .cached import cached
@@ -163,7 +164,7 @@ def test_memory_budget_is_checked_before_allocating():
     assert opt.cache_state_bytes() == 0
     _, roomy = cached(REF, MotionCacheConfig(threshold=0.05, max_cache_bytes=2**30))
     roomy(**_inputs(0))
-    need = roomy.step.state_bytes(1, TOKENS, 128, torch.float32)
+    need = roomy.step.state_bytes(1, TOKENS, torch.float32)
     assert 0.8 * need <= roomy.cache_state_bytes() <= 1.2 * need  # the estimate matches what is held
 
 
@@ -225,12 +226,13 @@ def test_history_frames_held_at_a_small_timestep_are_not_forced():
 def test_capacity_bucket_extras_are_the_most_overdue_tokens():
     cfg = MotionCacheConfig(threshold=0.05, warmup_steps=2, capacity_buckets=(0.5, 1.0))
     _, opt = cached(REF, cfg)
-    step = opt.step
+    assert opt.step.config.capacity_buckets == (0.5, 1.0)
     selected = torch.zeros(TOKENS, dtype=torch.bool)
     selected[:10] = True
     acc = torch.zeros(1, TOKENS)
     acc[0, 100:400] = torch.linspace(0.01, 0.04, 300)
-    index = step._execution_index(selected, acc, state={})
+    k = next(k for k in bucket_sizes(cfg.capacity_buckets, TOKENS) if k >= int(selected.sum()))
+    index = select_tokens(selected, acc, k)
     assert index.numel() == TOKENS // 2
     chosen = set(index.tolist())
     assert set(range(10)) <= chosen

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,33 +27,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-# torch is imported inside the functions: `parse_buckets` serves the command line's argument parsing
-__all__ = ["COMPILE_BACKENDS", "RUNTIMES", "OrtModel", "compile_model", "export_cached", "export_uncached",
-           "graph_config", "parse_buckets", "quiet_export", "reference_example",
-           "window_lengths"]
-
-RUNTIMES = ("eager", "compile", "onnx")
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
-
-
-def parse_buckets(text: str) -> tuple[float, ...]:
-    """'0.25,0.5,1' -> (0.25, 0.5, 1.0); ValueError naming the problem (fractions in (0, 1], ending with 1)."""
-    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-    if not parts:
-        raise ValueError(f"buckets must be comma-separated fractions, e.g. 0.25,0.5,1, got {text!r}")
-    values = []
-    for p in parts:
-        try:
-            values.append(float(p))
-        except ValueError:
-            raise ValueError(f"buckets must be numbers, got {p!r} in {text!r}") from None
-    bad = [v for v in values if not 0 < v <= 1]
-    if bad:
-        raise ValueError(f"buckets must be fractions of the token count in (0, 1], got {bad}")
-    values = sorted(set(values))
-    if values[-1] != 1.0:
-        raise ValueError(f"buckets must include 1 (the full stack) so that any selection fits, got {text!r}")
-    return tuple(values)
+__all__ = ["ExportedFile", "OrtModel", "compile_model", "compiled_graphs", "export_cached", "export_uncached",
+           "graph_config", "quiet_export", "reference_example", "window_lengths"]
 
 
 def graph_config(config, buckets: Sequence[float] | None = None):
@@ -124,12 +97,7 @@ class OrtModel:
     arg_names: tuple = ("hidden_states", "timesteps", "context")
     files: list = field(default_factory=list)  # ExportedFile per shape
     session_seconds: float = 0.0  # creating the sessions
-    _records: list = field(default_factory=list)
-
-    def __post_init__(self):
-        for s in self.sessions.values():  # one live record list across shapes, in call order
-            if hasattr(s, "decision_records"):
-                s.decision_records = self._records
+    cache: object = None  # the CacheSession all cached sessions share (None: uncached files)
 
     def _session(self, args, kwargs):
         import torch
@@ -150,28 +118,19 @@ class OrtModel:
     def __call__(self, *args, **kwargs):
         return self._session(args, kwargs)(*args, **kwargs)
 
-    @contextlib.contextmanager
     def cache_context(self, name: str):
-        with contextlib.ExitStack() as stack:
-            for s in self.sessions.values():
-                if hasattr(s, "cache_context"):
-                    stack.enter_context(s.cache_context(name))
-            yield self
+        return self.cache.cache_context(name) if self.cache is not None else contextlib.nullcontext(self)
 
     def reset_cache(self) -> None:
-        for s in self.sessions.values():
-            if hasattr(s, "reset_cache"):
-                s.reset_cache()
+        if self.cache is not None:
+            self.cache.reset_cache()
 
     def record_decisions(self, on: bool = True) -> list:
-        for s in self.sessions.values():
-            if hasattr(s, "record_decisions"):
-                s.record_decisions(on)
-        return self._records
+        return self.cache.record_decisions(on) if self.cache is not None else []
 
     @property
     def decision_records(self) -> list:
-        return self._records
+        return self.cache.decision_records if self.cache is not None else []
 
     @property
     def export_seconds(self) -> float:
@@ -216,12 +175,14 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
     session_seconds = 0.0
     out_dir = Path(out_dir)
     latent_input = opt.structure.grid.latent_input
+    cache = None  # one CacheSession for every exported shape: one state per context, one record list
     for length, kwargs in examples.items():
         path = out_dir / f"{stem}_{length}f.onnx"
         with quiet_export():
             info = export_onnx(opt, path, example_kwargs=kwargs)
             start = time.perf_counter()
-            sess = OrtSession(path, threads=threads)
+            sess = OrtSession(path, threads=threads, cache=cache)
+            cache = sess.cache
             session_seconds += time.perf_counter() - start
         shape = tuple(kwargs[latent_input].shape)
         sessions[shape] = sess
@@ -229,7 +190,7 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
         log(f"exported {info.summary()}")
     first = next(iter(sessions.values()))
     return OrtModel(sessions, latent_input=latent_input, arg_names=tuple(first.meta["arg_names"]), files=files,
-                    session_seconds=session_seconds)
+                    session_seconds=session_seconds, cache=cache)
 
 
 def export_uncached(model, examples: dict, out_dir: str | Path, *, stem: str = "uncached",

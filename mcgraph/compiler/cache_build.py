@@ -1,55 +1,77 @@
-"""Build the cache-aware step for one captured specialisation: run the rewrite passes, check the new graphs
-on the example inputs (which also records their real shapes), and verify them."""
+"""Build the cache-aware step for one captured specialisation: run the rewrite passes (each verified, with
+real shape metadata from the example inputs, which also proves the new graphs execute) and hand the runtime
+a typed `StepGraphs`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.fx._pytree as fx_pytree
 
-from mcgraph.runtime.step import CachedStep
 from mcgraph.compiler.capture import CapturedGraph
-from mcgraph.config import ReuseConfig
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.compiler.pass_infra import PassManager
 from mcgraph.compiler.structure import ModelStructure
 from mcgraph.compiler.verifier import verify_graph
+from mcgraph.errors import McGraphError
 
 
-def build_cached_step(model, captured: CapturedGraph, structure: ModelStructure, config: ReuseConfig,
-                      chunk_frames: int, dump_dir=None) -> CachedStep:
+@dataclass
+class StepGraphs:
+    """What the compiler hands the runtime for one specialisation."""
+
+    prologue: torch.nn.Module  # flat inputs -> (boundary values..., indicator)
+    stack: torch.nn.Module  # stack inputs -> (h_L, K_0, V_0, ...)
+    subset_stack: torch.nn.Module  # (stack inputs, index, K/V...) -> (h_sel, K/V...), K/V written in place
+    subset_stack_functional: torch.nn.Module  # the same, out of place (compile / export)
+    epilogue: torch.nn.Module  # (h_L, epilogue inputs...) -> flat outputs
+    boundary: list[str]
+    stack_inputs: list[str]
+    epilogue_inputs: list[str]
+    stream_input: str
+    input_names: list[str]  # flat input names (graph placeholders)
+    stream_dim: int  # hidden size of the residual stream
+    kv_example_shapes: list  # every layer's K and V shape on the build example (batch first, tokens second-last)
+    example_batch: int
+    kv_dtype: torch.dtype
+    kv_floats_per_token: int = 0  # K+V elements per token summed over layers (per batch sample)
+
+
+def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
+    """Split the captured graph at the block stack and derive the token-subset stacks."""
     from mcgraph.passes.split_stack import SplitStack
     from mcgraph.passes.token_subset import TokenSubsetStack
 
-    gm = captured.graph_module
-    split = PassManager([SplitStack()], dump_dir=dump_dir).run(gm).info["split_stack"]["split"]
-    subset = PassManager([TokenSubsetStack(split)], verify=False, dump_dir=dump_dir).run(split.stack).graph_module
-    # the out-of-place twin: compiled and exported step graphs must not mutate their inputs
-    subset_functional = PassManager([TokenSubsetStack(split, inplace_kv=False)], verify=False).run(split.stack).graph_module
-
-    # run every new graph once on the capture's example inputs: refreshes shape metadata, proves they execute
+    split = PassManager([SplitStack()], dump_dir=dump_dir).run(captured.graph_module).product
     example = getattr(captured, "example_bound", None)
     if example is None:
-        raise RuntimeError("captured graph carries no example inputs")
+        raise McGraphError("captured graph carries no example inputs")
     flat = fx_pytree.tree_flatten_spec(((), example), split.in_spec)
-    pro = propagate(split.prologue, *flat)
-    values = dict(zip(split.boundary, pro[:-1]))
-    stack_in = [values[n] for n in split.stack_inputs]
-    h_l, *kv = propagate(split.stack, *stack_in)
-    tokens = h_l.shape[1]
-    index = torch.arange(0, tokens, 2, device=h_l.device)
-    propagate(subset, *stack_in, index, *kv)
-    propagate(subset_functional, *stack_in, index, *kv)
+    with torch.no_grad():
+        pro = split.prologue(*flat)
+        values = dict(zip(split.boundary, pro[:-1]))
+        stack_in = [values[n] for n in split.stack_inputs]
+        h_l, *kv = split.stack(*stack_in)
+    batch, tokens = h_l.shape[0], h_l.shape[1]
+    example_subset = (*stack_in, torch.arange(0, tokens, 2, device=h_l.device), *kv)
+    # before the stack's metadata is refreshed: the subset pass finds the token count by its symbolic size
+    subsets = [PassManager([TokenSubsetStack(split, inplace_kv=inplace, example_inputs=example_subset)],
+                           dump_dir=dump_dir).run(split.stack).graph_module
+               for inplace in (True, False)]  # in place for eager; out of place for compile / export
+    # run every split graph once on the example: real shape metadata, and proof that they execute
+    propagate(split.prologue, *flat)
+    propagate(split.stack, *stack_in)
     propagate(split.epilogue, h_l, *[values[n] for n in split.epilogue_inputs])
     for name, g in (("split_stack.prologue", split.prologue), ("split_stack.stack", split.stack),
-                    ("token_subset", subset), ("token_subset.functional", subset_functional), ("split_stack.epilogue", split.epilogue)):
+                    ("split_stack.epilogue", split.epilogue)):
         verify_graph(g, name)
-
-    batch = h_l.shape[0]
-    kv_per_token = sum(t.numel() for t in kv) // max(1, batch * tokens)
-    input_names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    return CachedStep(config=config, structure=structure, prologue=split.prologue, stack=split.stack,
-                      subset_stack=subset, subset_stack_functional=subset_functional, epilogue=split.epilogue, boundary=split.boundary,
+    input_names = [n.name for n in captured.graph_module.graph.nodes if n.op == "placeholder"]
+    return StepGraphs(prologue=split.prologue, stack=split.stack, subset_stack=subsets[0],
+                      subset_stack_functional=subsets[1], epilogue=split.epilogue, boundary=split.boundary,
                       stack_inputs=split.stack_inputs, epilogue_inputs=split.epilogue_inputs,
-                      stream_input=split.stream_input, input_names=input_names, chunk_frames=chunk_frames,
-                      kv_floats_per_token=kv_per_token, kv_example_shapes=[tuple(t.shape) for t in kv],
-                      example_batch=batch, kv_dtype=kv[0].dtype if kv else h_l.dtype)
+                      stream_input=split.stream_input, input_names=input_names, stream_dim=h_l.shape[-1],
+                      kv_example_shapes=[tuple(t.shape) for t in kv], example_batch=batch,
+                      kv_dtype=kv[0].dtype if kv else h_l.dtype,
+                      kv_floats_per_token=sum(t.numel() for t in kv) // max(1, batch * tokens))
+

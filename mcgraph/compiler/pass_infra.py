@@ -26,9 +26,14 @@ from mcgraph.compiler.verifier import verify_graph
 
 @dataclass
 class PassResult:
+    """What a pass returns: the graph, whether it changed, its typed product (what a rewrite built besides
+    the graph, e.g. SplitStack's `StackSplit`; None for most passes) and plain statistics in `info`."""
+
     graph_module: torch.fx.GraphModule
     modified: bool
     info: dict[str, Any] = field(default_factory=dict)
+    product: Any = None
+    products: dict[str, Any] = field(default_factory=dict)  # PassManager.run: each pass's product by name
 
 
 class GraphPass:
@@ -111,4 +116,6 @@ class PassManager:
             self._dump(i, p, "after", gm)
             self.results.append((p.name, result))
             modified_any |= result.modified
-        return PassResult(gm, modified_any, {name: r.info for name, r in self.results})
+        return PassResult(gm, modified_any, {name: r.info for name, r in self.results},
+                          product=self.results[-1][1].product if self.results else None,
+                          products={name: r.product for name, r in self.results if r.product is not None})

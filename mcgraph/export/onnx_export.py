@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.utils._pytree as pytree
 
-from mcgraph.config import ReuseConfig
-from mcgraph.errors import ConfigError, McGraphError
+from mcgraph.compiler.verifier import verify_graph
+from mcgraph.errors import ConfigError, McGraphError, VerificationError
 from mcgraph.runtime.step_graph import DECISION_OUTPUTS, StepGraph
 
 META_KEY = "mcgraph.meta"
@@ -94,29 +94,30 @@ def export_onnx(model, path: str | Path, *example_args, example_kwargs: dict | N
 
     if not isinstance(model, OptimizedModule):
         raise ConfigError(f"export needs the result of mcgraph.optimize(...), got {type(model).__name__}")
-    if not isinstance(model.mcgraph_config, ReuseConfig):
+    if not model.mcgraph_config.caches:
         raise ConfigError(f"export needs a caching config (the model was optimised with "
                           f"{type(model.mcgraph_config).__name__}); export the original with torch.onnx.export")
     if example_args or example_kwargs:
         spec, bound, flat = model.specialisation_for(*example_args, **(example_kwargs or {}))
     else:
-        spec = model.__dict__["_specialisations"][-1]
-        bound = spec.captured.example_bound
-        flat = model.specialisation_for(**bound)[2]
+        spec, bound, flat = model.specialisation_for(**model.latest.captured.example_bound)
     step = spec.step
     t0 = time.perf_counter()
     graph = StepGraph(step, flat, buckets).eval()
     state = graph.initial_state(flat)
     tensor_slots = [i for i, v in enumerate(flat) if isinstance(v, torch.Tensor)]
-    names_in = [step.input_names[i] for i in tensor_slots] + [f"state_{n}" for n in graph.state_names]
+    names_in = [step.graphs.input_names[i] for i in tensor_slots] + [f"state_{n}" for n in graph.state_names]
     names_out = graph.output_names()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad(), quiet_export():
             exported = torch.export.export(graph, tuple(flat) + tuple(state), strict=False)
+            verify_graph(exported.graph_module, "step_graph (exported)")
             program = torch.onnx.export(exported, dynamo=True, input_names=names_in, output_names=names_out,
                                         optimize=optimize, verbose=False)
+    except VerificationError:
+        raise
     except Exception as exc:
         raise ExportError(f"exporting {spec.captured.model_class} ({type(step.config).__name__}) to ONNX failed: "
                           f"{type(exc).__name__}: {exc}") from exc
@@ -149,11 +150,11 @@ def _document(proto, graph: StepGraph, step, spec, bound, flat, tensor_slots, st
         if value.name in docs:
             value.doc_string = docs[value.name]
     try:
-        in_spec = pytree.treespec_dumps(spec.captured.graph_module.graph._codegen.pytree_info.in_spec)
+        in_spec = pytree.treespec_dumps(spec.in_spec)
     except Exception as exc:  # a custom container in the inputs: the runner cannot bind calls then
         raise ExportError(f"cannot serialise the input structure of {spec.captured.model_class}: {exc}") from exc
     try:
-        out_spec = pytree.treespec_dumps(spec.captured.graph_module.graph._codegen.pytree_info.out_spec)
+        out_spec = pytree.treespec_dumps(spec.out_spec)
     except Exception:  # e.g. a dataclass output: the runner returns a flat tuple
         out_spec = None
     static = {k: _jsonable(v) for k, v in bound.items() if not isinstance(v, torch.Tensor)}
@@ -167,12 +168,14 @@ def _document(proto, graph: StepGraph, step, spec, bound, flat, tensor_slots, st
         "in_spec": in_spec,
         "out_spec": out_spec,
         "flat_inputs": len(flat),
-        "tensor_inputs": [{"name": step.input_names[i], "slot": i, "shape": list(flat[i].shape),
+        "tensor_inputs": [{"name": step.graphs.input_names[i], "slot": i, "shape": list(flat[i].shape),
                            "dtype": str(flat[i].dtype).replace("torch.", "")} for i in tensor_slots],
         "latent_input": spec.structure.grid.latent_input,
         "num_outputs": graph.num_outputs,
         "tokens": graph.tokens,
-        "frames": step._geometry(flat)[0],
+        "frames": step.geometry(flat)[0],
+        "max_cache_bytes": step.config.max_cache_bytes,
+        "state_bytes": int(sum(t.numel() * t.element_size() for t in state)),
         "state": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                    "fill": STATE_FILL.get(n, 0.0), "doc": docs[f"state_{n}"]} for n, t in zip(graph.state_names, state)],
     }

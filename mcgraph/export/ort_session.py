@@ -1,10 +1,12 @@
 """Run an exported cache-aware model with ONNX Runtime, holding its cache state between calls.
 
 `OrtSession(path)` is called like the original model (same argument names, same return structure, torch
-tensors in and out), so the diffusion-forcing sampler drives it unchanged: `cache_context(name)` keeps one
+tensors in and out), so the diffusion-forcing sampler drives it unchanged. It is a thin adapter over the
+runtime's `CacheSession` (the same one eager and compiled models use): `cache_context(name)` keeps one
 state per CFG branch, `reset_cache()` starts a new generation, `record_decisions()` keeps what each call
-decided (read from the graph's `mcgraph_recomputed` / `mcgraph_executed` outputs). The state lives here, as
-numpy arrays fed back into the next call: nothing is hidden in the ONNX file.
+decided (read from the graph's `mcgraph_recomputed` / `mcgraph_executed` outputs), non-finite inputs are
+refused and the memory budget holds. The state is numpy arrays fed back into the next call: nothing is
+hidden in the ONNX file.
 """
 
 from __future__ import annotations
@@ -18,18 +20,40 @@ import torch
 import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
-from mcgraph.runtime.step import StepRecord, execution_path
 from mcgraph.errors import McGraphError
 from mcgraph.export.onnx_export import META_KEY
+from mcgraph.runtime.session import CacheSession
+from mcgraph.runtime.step import StepResult
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int32": np.int32,
                 "int64": np.int64, "bool": np.bool_, "bfloat16": None}
 
 
+class OrtRunner:
+    """One ONNX Runtime call of the exported step, for the session (state: the list of numpy arrays)."""
+
+    def __init__(self, owner: OrtSession):
+        self.owner = owner
+
+    def run(self, flat, state):
+        meta = self.owner.meta
+        feeds = self.owner.feeds(flat)
+        for s, value in zip(meta["state"], state if state is not None else self.owner.initial_state()):
+            feeds[f"state_{s['name']}"] = value
+        results = self.owner.session.run(None, feeds)
+        n_out = meta["num_outputs"]
+        return StepResult([torch.from_numpy(r) for r in results[:n_out]], torch.from_numpy(results[n_out]),
+                          int(results[n_out + 1]), results[n_out + 2:], meta["frames"], meta["tokens"])
+
+    def state_bytes(self, flat) -> int:
+        return int(self.owner.meta.get("state_bytes", 0))
+
+
 class OrtSession:
     """See module docstring. `threads`: ONNX Runtime intra-op threads (None: its default)."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 cache: CacheSession | None = None):
         import onnx
         import onnxruntime as ort
 
@@ -49,35 +73,32 @@ class OrtSession:
         self.out_spec = pytree.treespec_loads(self.meta["out_spec"]) if self.meta["out_spec"] else None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._states: dict[str, list[np.ndarray]] = {}
-        self._context = "default"
-        self._record = False
-        self.decision_records: list[StepRecord] = []
+        slots = {spec["slot"]: spec["name"] for spec in self.meta["tensor_inputs"]}
+        flat_names = [slots.get(i, f"input_{i}") for i in range(self.meta["flat_inputs"])]
+        # `cache`: a session shared with other exported shapes of the same model (one file per window length)
+        self.cache = cache or CacheSession(f"{self.meta['model_class']} (ONNX Runtime, {Path(self.path).name})",
+                                           flat_names, max_cache_bytes=self.meta.get("max_cache_bytes"))
+        self.runner = OrtRunner(self)
 
     # ------------------------------------------------------------------------------------ cache control
-    @contextlib.contextmanager
     def cache_context(self, name: str):
-        previous, self._context = self._context, str(name)
-        try:
-            yield self
-        finally:
-            self._context = previous
+        return self.cache.cache_context(name)
 
     def reset_cache(self) -> None:
-        self._states.clear()
+        self.cache.reset_cache()
 
     def record_decisions(self, on: bool = True) -> list:
-        self._record = on
-        return self.decision_records
+        return self.cache.record_decisions(on)
+
+    @property
+    def decision_records(self) -> list:
+        return self.cache.decision_records
 
     def cache_state_bytes(self) -> int:
-        return sum(a.nbytes for state in self._states.values() for a in state)
+        return self.cache.cache_state_bytes()
 
     def initial_state(self) -> list[np.ndarray]:
-        out = []
-        for s in self.meta["state"]:
-            out.append(np.full(s["shape"], s["fill"], dtype=NUMPY_DTYPES[s["dtype"]]))
-        return out
+        return [np.full(s["shape"], s["fill"], dtype=NUMPY_DTYPES[s["dtype"]]) for s in self.meta["state"]]
 
     # ------------------------------------------------------------------------------------------- call
     def _bind(self, args, kwargs) -> dict:
@@ -100,9 +121,8 @@ class OrtSession:
                                    "non-tensor arguments are baked into the graph: export again with it")
         return {n: bound[n] for n in names}
 
-    def __call__(self, *args, **kwargs):
-        bound = self._bind(args, kwargs)
-        flat = fx_pytree.tree_flatten_spec(((), bound), self.in_spec)
+    def feeds(self, flat) -> dict:
+        """ONNX Runtime's feeds of the model's tensor inputs, shapes checked against the export."""
         feeds = {}
         for spec in self.meta["tensor_inputs"]:
             value = flat[spec["slot"]]
@@ -111,25 +131,13 @@ class OrtSession:
             if list(value.shape) != spec["shape"]:
                 raise McGraphError(f"input {spec['name']!r} has shape {list(value.shape)}; {self.path} was exported "
                                    f"for {spec['shape']} (export again with example inputs of this shape)")
-            array = value.detach().cpu().numpy()
-            if spec["name"] == self.meta["latent_input"] and np.isnan(array).any():
-                raise ValueError(f"{self.meta['model_class']}: input {spec['name']!r} contains NaN")
-            feeds[spec["name"]] = array
-        context = self._context
-        state = self._states.get(context)
-        if state is None:
-            state = self.initial_state()
-        for s, value in zip(self.meta["state"], state):
-            feeds[f"state_{s['name']}"] = value
-        results = self.session.run(None, feeds)
-        n_out = self.meta["num_outputs"]
-        outputs = [torch.from_numpy(r) for r in results[:n_out]]
-        recomputed, executed = results[n_out], int(results[n_out + 1])
-        self._states[context] = results[n_out + 2:]
-        if self._record:
-            tokens = self.meta["tokens"]
-            self.decision_records.append(StepRecord(context, torch.from_numpy(recomputed), executed, tokens,
-                                                    self.meta["frames"], execution_path(executed, tokens)))
+            feeds[spec["name"]] = value.detach().cpu().numpy()
+        return feeds
+
+    def __call__(self, *args, **kwargs):
+        flat = fx_pytree.tree_flatten_spec(((), self._bind(args, kwargs)), self.in_spec)
+        self.feeds(flat)  # shapes first: a wrong shape is refused before any state exists
+        outputs = self.cache.call(flat, self.runner)
         if self.out_spec is None:
             return tuple(outputs)
         return pytree.tree_unflatten(outputs, self.out_spec)

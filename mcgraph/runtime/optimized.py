@@ -12,7 +12,6 @@ generation segment), and reset with a warning when a context's input shapes or d
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,14 @@ import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
 from mcgraph.compiler.analysis import analyze
+from mcgraph.compiler.cache_build import build_step_graphs
 from mcgraph.compiler.capture import CapturedGraph, bind_call, capture, static_key
+from mcgraph.compiler.structure import ModelStructure
 from mcgraph.config import CacheConfig, NoCache, ReuseConfig
 from mcgraph.errors import CaptureError, ConfigError
-from mcgraph.compiler.structure import ModelStructure
+from mcgraph.runtime.session import CacheSession
+from mcgraph.runtime.step import CacheStep
+from mcgraph.runtime.step_graph import StepGraph, assert_finite_in_graph
 
 MAX_SPECIALISATIONS = 8
 
@@ -37,32 +40,67 @@ def _is_guard_failure(exc: BaseException) -> bool:
 
 @dataclass
 class Specialisation:
+    """One captured shape specialisation: its graph, what the analyses found and, for caching configs, its
+    cache step and the step's traced form."""
+
     captured: CapturedGraph
-    structure: ModelStructure
-    step: Any = None  # CachedStep when caching, else None (the captured graph runs as is)
-    graph: Any = None  # StepGraph over `step`: what torch.compile traces (decision and path inside the graph)
+    structure: ModelStructure | None
+    step: CacheStep | None = None
+    graph: StepGraph | None = None
 
     def __post_init__(self):
         # read once: dynamo does not trace into GraphModule.graph
         info = self.captured.graph_module.graph._codegen.pytree_info
         self.in_spec, self.out_spec = info.in_spec, info.out_spec
 
+    def flatten(self, bound: dict) -> list:
+        """The graph's flat inputs from a call's bound arguments."""
+        return fx_pytree.tree_flatten_spec(((), bound), self.in_spec)
+
+    def unflatten(self, outputs) -> Any:
+        """The model's return structure from the graph's flat outputs."""
+        return pytree.tree_unflatten(list(outputs), self.out_spec)
+
+
+class EagerRunner:
+    """The eager mode of the step, for the session."""
+
+    def __init__(self, step: CacheStep):
+        self.step = step
+
+    def run(self, flat, state):
+        return self.step(flat, state)
+
+    def state_bytes(self, flat) -> int:
+        return self.step.state_bytes_for(flat)
+
+
+class TracedRunner(EagerRunner):
+    """The traced mode (what torch.compile of an optimised module traces): buckets and torch.cond."""
+
+    def __init__(self, graph: StepGraph):
+        super().__init__(graph.step)
+        self.graph = graph
+
+    def run(self, flat, state):
+        assert_finite_in_graph(flat, self.step.graphs.input_names)
+        return self.step(flat, state, traced=True, buckets=self.graph.buckets)
+
 
 class OptimizedModule(torch.nn.Module):
     """A cache-aware stand-in for `original`; see module docstring."""
 
     def __init__(self, original: torch.nn.Module, config: CacheConfig, first: Specialisation,
-                 dump_dir: str | Path | None = None):
+                 dump_dir: str | Path | None = None, session: CacheSession | None = None):
         super().__init__()
         # kept out of the module tree so parameters are not registered twice; the graphs share its tensors
         self.__dict__["_original"] = original
         self.__dict__["_specialisations"] = [first]
         self.__dict__["_dump_dir"] = dump_dir
-        self.__dict__["_states"] = {}  # context -> (signature, state dict)
-        self.__dict__["_context"] = "default"
-        self.__dict__["_record"] = False
-        self.__dict__["_records"] = []
         self.__dict__["_parameters_spec"] = _parameter_spec(original)
+        self.__dict__["session"] = session or CacheSession(
+            type(original).__name__, [n.name for n in first.captured.graph_module.graph.nodes if n.op == "placeholder"],
+            max_cache_bytes=getattr(config, "max_cache_bytes", None))
         self.mcgraph_config = config
 
     # ------------------------------------------------------------------------------------ introspection
@@ -71,95 +109,69 @@ class OptimizedModule(torch.nn.Module):
         return self.__dict__["_original"]
 
     @property
+    def latest(self) -> Specialisation:
+        """The most recently captured specialisation."""
+        return self.__dict__["_specialisations"][-1]
+
+    @property
     def structure(self) -> ModelStructure:
         """What the analyses found in the most recently captured specialisation."""
-        return self.__dict__["_specialisations"][-1].structure
+        return self.latest.structure
 
     @property
     def captured(self) -> CapturedGraph:
-        return self.__dict__["_specialisations"][-1].captured
+        return self.latest.captured
 
     @property
     def specialisations(self) -> int:
         return len(self.__dict__["_specialisations"])
 
     @property
-    def step(self):
-        return self.__dict__["_specialisations"][-1].step
+    def step(self) -> CacheStep | None:
+        return self.latest.step
 
     def with_config(self, config: CacheConfig) -> OptimizedModule:
         """The same captured graphs under another cache config (e.g. a threshold sweep), with fresh state.
         Capture and analysis are not repeated; only the cheap cache-aware step is rebuilt."""
-        import dataclasses
-
-        if not isinstance(config, CacheConfig):
-            raise ConfigError(f"config must be a mcgraph CacheConfig, got {type(config).__name__}")
+        _check_config(config)
         first = self.__dict__["_specialisations"][0]
-        if isinstance(config, ReuseConfig):
-            if first.step is not None:
-                step = dataclasses.replace(first.step, config=config, records=[], record=False,
-                                           chunk_frames=_chunk_frames(self.original_module, config))
-            else:
-                from mcgraph.compiler.cache_build import build_cached_step
-
-                step = build_cached_step(self.original_module, first.captured, first.structure, config,
-                                         _chunk_frames(self.original_module, config), self.__dict__["_dump_dir"])
-        else:
-            step = None
-        graph = _step_graph(step, first.captured) if step is not None else None
-        return OptimizedModule(self.original_module, config,
-                               Specialisation(first.captured, first.structure, step, graph), self.__dict__["_dump_dir"])
+        spec = Specialisation(first.captured, first.structure)
+        if config.caches:
+            graphs = first.step.graphs if first.step is not None else build_step_graphs(first.captured,
+                                                                                        self.__dict__["_dump_dir"])
+            spec.step = CacheStep(graphs, first.structure, config, _chunk_frames(self.original_module, config))
+            spec.graph = _step_graph(spec.step, spec)
+        return OptimizedModule(self.original_module, config, spec, self.__dict__["_dump_dir"])
 
     # ------------------------------------------------------------------------------------ cache control
-    @contextlib.contextmanager
     def cache_context(self, name: str):
         """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
-        previous = self.__dict__["_context"]
-        self.__dict__["_context"] = str(name)
-        try:
-            yield self
-        finally:
-            self.__dict__["_context"] = previous
+        return self.session.cache_context(name)
 
     def reset_cache(self) -> None:
         """Forget all cache state (start of a new generation or segment)."""
-        self.__dict__["_states"].clear()
+        self.session.reset_cache()
 
     def record_decisions(self, on: bool = True) -> list:
         """Keep a StepRecord per call (which tokens were recomputed); returns the list, which fills up live."""
-        self.__dict__["_record"] = on
-        for spec in self.__dict__["_specialisations"]:
-            self._attach_records(spec)
-        return self.decision_records
-
-    def _attach_records(self, spec: Specialisation) -> None:
-        if spec.step is not None:
-            spec.step.record = self.__dict__["_record"]
-            spec.step.records = self.__dict__["_records"]
+        return self.session.record_decisions(on)
 
     @property
     def decision_records(self) -> list:
-        return self.__dict__["_records"]
+        return self.session.decision_records
 
     def cache_state_bytes(self) -> int:
         """Bytes held by the cache state of all contexts now."""
-        total = 0
-        for _, state in self.__dict__["_states"].values():
-            for v in pytree.tree_leaves(state):
-                if isinstance(v, torch.Tensor):
-                    total += v.numel() * v.element_size()
-        return total
+        return self.session.cache_state_bytes()
 
     def stack_inputs(self, *args, **kwargs) -> list:
         """Run the prologue on a call's inputs and return what the block stack reads (stack / subset_stack
-        arguments), for benchmarks and tests that drive `self.step.stack` / `self.step.subset_stack` by hand."""
-        spec = self.__dict__["_specialisations"][-1]
+        arguments), for benchmarks and tests that drive the step's graphs by hand."""
+        spec, _, flat = self.specialisation_for(*args, **kwargs)
         if spec.step is None:
             raise ConfigError("stack_inputs needs a caching config (the stack is only split out for caching)")
-        bound = bind_call(self.original_module, args, kwargs)
-        flat = fx_pytree.tree_flatten_spec(((), bound), spec.captured.graph_module.graph._codegen.pytree_info.in_spec)
-        values = dict(zip(spec.step.boundary, spec.step.prologue(*flat)[:-1]))
-        return [values[n] for n in spec.step.stack_inputs]
+        with torch.no_grad():
+            return spec.step.front(flat).stack_in
 
     def specialisation_for(self, *args, **kwargs) -> tuple[Specialisation, dict, list]:
         """(specialisation, bound inputs, flat graph inputs) serving a call with these inputs, captured anew
@@ -178,10 +190,8 @@ class OptimizedModule(torch.nn.Module):
             break
         else:
             spec = _specialise(self.original_module, (), bound, self.mcgraph_config, self.__dict__["_dump_dir"])
-            self._attach_records(spec)
             self.__dict__["_specialisations"].append(spec)
-        info = spec.captured.graph_module.graph._codegen.pytree_info
-        return spec, bound, fx_pytree.tree_flatten_spec(((), bound), info.in_spec)
+        return spec, bound, spec.flatten(bound)
 
     # ------------------------------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
@@ -209,15 +219,13 @@ class OptimizedModule(torch.nn.Module):
         except CaptureError as exc:
             raise CaptureError(f"inputs match no captured specialisation of {self.captured.model_class} "
                                f"({guard_errors[0]}) and capturing them failed: {exc}") from exc
-        self._attach_records(spec)
         specs.append(spec)
         return self._run(spec, bound)
 
     def _forward_traced(self, args, kwargs):
-        """The call as torch.compile traces it: no Python branch on data (the StepGraph decides and picks the
-        path with torch.cond), the state read from and written back to this module (dynamo replays the
-        dict update after the graph). Not checked here, unlike eager: NaN inputs (a data-dependent branch)
-        and the specialisation's guards (dynamo guards the shapes itself); no decision records."""
+        """The call as torch.compile traces it: the same session and step, in the step's traced mode (no
+        Python branch on data; finiteness asserted in the graph; records kept as tensors); the state is read
+        from and written back to the session (dynamo replays the dict update after the graph)."""
         bound = _bind_static(self.__dict__["_parameters_spec"], args, kwargs)
         key = static_key(bound)
         matching = [s for s in self.__dict__["_specialisations"] if s.captured.static_key == key]
@@ -227,38 +235,13 @@ class OptimizedModule(torch.nn.Module):
         spec = matching[-1]  # shapes: the capture is symbolic, and dynamo guards the sizes it specialised
         if spec.step is None:
             return spec.captured(bound)
-        flat = fx_pytree.tree_flatten_spec(((), bound), spec.in_spec)
-        signature = tuple((tuple(x.shape), x.dtype, x.device) for x in flat if isinstance(x, torch.Tensor))
-        context = self.__dict__["_context"]
-        states = self.__dict__["_states"]
-        entry = states.get(context)
-        state = entry[1] if entry is not None and entry[0] == signature else None
-        outputs, _, _, new_state = spec.graph.run(flat, state)
-        states[context] = (signature, new_state)
-        return pytree.tree_unflatten(list(outputs), spec.out_spec)
+        flat = spec.flatten(bound)
+        return spec.unflatten(self.session.call(flat, TracedRunner(spec.graph), traced=True))
 
     def _run(self, spec: Specialisation, bound: dict):
         if spec.step is None:
             return spec.captured(bound)
-        info = spec.captured.graph_module.graph._codegen.pytree_info
-        flat = fx_pytree.tree_flatten_spec(((), bound), info.in_spec)
-        signature = tuple((tuple(x.shape), x.dtype, x.device) for x in flat if isinstance(x, torch.Tensor))
-        latent = flat[spec.step.input_names.index(spec.structure.grid.latent_input)]
-        if torch.isnan(latent).any():
-            raise ValueError(f"{spec.captured.model_class}: input {spec.structure.grid.latent_input!r} contains NaN")
-        context = self.__dict__["_context"]
-        states = self.__dict__["_states"]
-        state = None
-        if context in states:
-            old_sig, old_state = states[context]
-            if old_sig == signature:
-                state = old_state
-            else:
-                warnings.warn(f"mcgraph: input shapes/dtype changed mid-generation in cache context {context!r} "
-                              f"({_sig_str(old_sig)} -> {_sig_str(signature)}); its cache was reset", stacklevel=3)
-        outputs, new_state = spec.step.run(flat, state, context)
-        states[context] = (signature, new_state)
-        return pytree.tree_unflatten(list(outputs), info.out_spec)
+        return spec.unflatten(self.session.call(spec.flatten(bound), EagerRunner(spec.step)))
 
     # parameters and buffers are the original's (the graphs share them): delegate so that optimisers,
     # state_dict round trips and `.to()` behave as on the original model
@@ -291,8 +274,10 @@ class OptimizedModule(torch.nn.Module):
             return getattr(self.__dict__["_original"], name)
 
 
-def _sig_str(sig) -> str:
-    return ", ".join(f"{list(s)}:{str(d).replace('torch.', '')}" for s, d, _ in sig)
+def _check_config(config) -> None:
+    if not isinstance(config, CacheConfig):
+        raise ConfigError(f"config must be a mcgraph CacheConfig (e.g. mcgraph.NoCache()), got {type(config).__name__}")
+    config.check_concrete()
 
 
 def _parameter_spec(model: torch.nn.Module) -> list[tuple[str, str, Any]]:
@@ -337,21 +322,18 @@ def _specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialis
 
 
 def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dump_dir) -> Specialisation:
-    """Analyse a captured graph and, for a caching config, build its cached step and step graph."""
+    """Analyse a captured graph and, for a caching config, build its cache step and step graph."""
     structure = analyze(captured, dump_dir=dump_dir)
-    if not isinstance(config, ReuseConfig):
+    if not config.caches:
         return Specialisation(captured, structure)
-    from mcgraph.compiler.cache_build import build_cached_step
+    step = CacheStep(build_step_graphs(captured, dump_dir), structure, config, _chunk_frames(model, config))
+    spec = Specialisation(captured, structure, step)
+    spec.graph = _step_graph(step, spec)
+    return spec
 
-    step = build_cached_step(model, captured, structure, config, _chunk_frames(model, config), dump_dir)
-    return Specialisation(captured, structure, step, _step_graph(step, captured))
 
-
-def _step_graph(step, captured: CapturedGraph):
-    from mcgraph.runtime.step_graph import StepGraph
-
-    info = captured.graph_module.graph._codegen.pytree_info
-    return StepGraph(step, fx_pytree.tree_flatten_spec(((), captured.example_bound), info.in_spec))
+def _step_graph(step: CacheStep, spec: Specialisation) -> StepGraph:
+    return StepGraph(step, spec.flatten(spec.captured.example_bound))
 
 
 def optimize(
@@ -367,8 +349,7 @@ def optimize(
     `dump_dir` writes the graph before/after every pass (debugging).
     """
     config = config if config is not None else NoCache()
-    if not isinstance(config, CacheConfig):
-        raise ConfigError(f"config must be a mcgraph CacheConfig (e.g. mcgraph.NoCache()), got {type(config).__name__}")
+    _check_config(config)
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
     spec = _specialise(model, example_args, example_kwargs, config, dump_dir)

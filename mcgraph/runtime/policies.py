@@ -1,25 +1,60 @@
-"""Per-token reuse decisions of the four policies, as pure tensor functions (no `.item()`, no Python
-branches on data), so they trace into a graph for compile and export.
+"""Caching policies as objects, one per config type, registered by type (in the style of torchao's config
+handler registry): each owns its step distance, its token selection and what it keeps between calls.
 
-Every policy works on the same per-token quantities:
-  dist      [B, L]  relative L1 change of each token's indicator (block 0's modulated input) since the last
-                    call; exactly 0 for a token whose latent and timestep did not change;
-  chunk_dist [B, L] the same measured over the token's whole chunk (every token of a chunk gets it);
-  frame_dist [B, L] ... over the whole sample (TeaCache);
-  acc       [B, L]  accumulated distance since the token was last computed;
-  computes  [B, L]  how often the token has been computed;
-  final     [B, L]  the token is at its final denoising step (forced compute);
-and return the recompute mask U [B, L] with the updated acc/computes. Decisions are per sample (batch rows
-never mix) and per context (the runtime keeps separate state for CFG branches).
+Every policy works on the same per-token quantities, as pure tensor code (no `.item()`, no Python branch on
+data), so the decision traces into a graph for compile and export:
+  Distances.token  [B, L] relative L1 change of each token's indicator since the last call (0 when unchanged)
+  Distances.chunk  [B, L] the same over the token's chunk of frames
+  Distances.sample [B]    the same over the whole sample
+  acc [B, L] accumulated distance since last computed, computes [B, L] compute count, final [B, L] the token is
+  at its final denoising step (forced), weights [B, L] per-token motion weights.
+`Policy.decide` returns the recompute mask U [B, L] with the new acc / computes. Decisions are per sample
+(batch rows never mix) and per cache context (the session keeps one state per CFG branch).
+
+`policy_for(config)` builds the policy of a config; an abstract config (`ReuseConfig`) has none.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
 import torch
 
-from mcgraph.config import FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
+from mcgraph.config import CacheConfig, FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
+from mcgraph.errors import ConfigError, McGraphError
+from mcgraph.runtime.motion import frame_differences, latent_tokens, normalise_per_frame
+
+_POLICIES: dict[type, type[Policy]] = {}
 
 
+def register_policy(config_type: type[ReuseConfig]):
+    """Class decorator: `cls` is the policy of configs of exactly `config_type` (and its subclasses)."""
+
+    def wrap(cls):
+        cls.config_type = config_type
+        _POLICIES[config_type] = cls
+        return cls
+
+    return wrap
+
+
+def policy_for(config: CacheConfig, chunk_frames: int) -> Policy:
+    """The policy object for `config`; ConfigError for a config type with no registered policy."""
+    for cls in type(config).__mro__:
+        if cls in _POLICIES:
+            return _POLICIES[cls](config, chunk_frames)
+        if cls is ReuseConfig:
+            break
+    raise ConfigError(f"{type(config).__name__} has no caching policy (abstract, or not registered); use one of "
+                      f"{sorted(c.__name__ for c in _POLICIES)}")
+
+
+def registered_policies() -> dict[type, type]:
+    return dict(_POLICIES)
+
+
+# ------------------------------------------------------------------------------------------- chunk maths
 def _chunk_layout(frames: int, chunk_frames: int, device, dtype):
     """(chunk id of every frame, frames per chunk): from Python ints, so traced graphs hold constants
     (bincount would have a data-dependent size)."""
@@ -31,59 +66,12 @@ def _chunk_layout(frames: int, chunk_frames: int, device, dtype):
 
 
 def chunk_mean(values: torch.Tensor, frames: int, chunk_frames: int) -> torch.Tensor:
-    """[B, L] -> [B, L]: every token gets the mean over its chunk of `chunk_frames` frames (last chunk may be short)."""
+    """[B, L] -> [B, L]: every token gets the mean over its chunk of `chunk_frames` frames (last may be short)."""
     b, n = values.shape
     per_frame = values.view(b, frames, n // frames).mean(2)  # [B, F]
     chunk_id, counts = _chunk_layout(frames, chunk_frames, values.device, values.dtype)
     sums = torch.zeros(b, counts.shape[0], dtype=values.dtype, device=values.device).index_add(1, chunk_id, per_frame)
-    per_chunk = sums / counts
-    return per_chunk[:, chunk_id].repeat_interleave(n // frames, dim=1)
-
-
-def chunk_any_fraction(mask: torch.Tensor, frames: int, chunk_frames: int) -> torch.Tensor:
-    """[B, L] bool -> [B, L] float: the fraction of selected tokens in each token's chunk."""
-    return chunk_mean(mask.float(), frames, chunk_frames)
-
-
-def decide(cfg: ReuseConfig, dist, chunk_dist, sample_dist, acc, computes, final, weights, frames: int,
-           chunk_frames: int):
-    """Return (recompute mask U, new acc, new computes) for `cfg`'s policy."""
-    changed = dist > 0
-    never = computes == 0
-    warm = changed & (computes < cfg.warmup_steps)
-    forced = final & changed if cfg.force_final_step else torch.zeros_like(changed)
-    if isinstance(cfg, TeaCacheConfig):
-        step = sample_dist[:, None].expand_as(acc)
-    elif isinstance(cfg, FlowCacheConfig):
-        step = chunk_dist
-    elif isinstance(cfg, MotionCacheConfig):
-        phase1 = computes < cfg.warmup_steps + cfg.phase1_computes
-        own = chunk_dist if cfg.token_distance == "chunk" else dist
-        step = torch.where(phase1, chunk_dist, weights * own)
-    else:
-        raise TypeError(f"no decision rule for {type(cfg).__name__}")
-    acc = acc + step
-    due = acc >= cfg.threshold
-    if isinstance(cfg, TeaCacheConfig):
-        # whole step: compute everything if any token is due, warming up or forced
-        any_due = (due | warm | forced | never).any(1, keepdim=True)
-        update = any_due.expand_as(due)
-    elif isinstance(cfg, FlowCacheConfig):
-        update = chunk_any_fraction(due | warm | forced | never, frames, chunk_frames) > 0
-    else:
-        update = due
-        token_phase = ~phase1
-        if cfg.temporal_voting:
-            # logical form of where(token_phase, vote, update): ONNX Runtime has no boolean Where
-            vote = _vote(update, frames, chunk_frames, cfg.vote_threshold)
-            update = (token_phase & vote) | (~token_phase & update)
-        if cfg.min_update_ratio > 0:
-            frac = chunk_any_fraction(update, frames, chunk_frames)
-            too_few = (frac > 0) & (frac < cfg.min_update_ratio) & token_phase
-            update = update & ~too_few
-        update = update | warm | forced | never
-    acc = torch.where(update, torch.zeros_like(acc), acc)
-    return update, acc, computes + update.to(computes.dtype)
+    return (sums / counts)[:, chunk_id].repeat_interleave(n // frames, dim=1)
 
 
 def _vote(mask: torch.Tensor, frames: int, chunk_frames: int, threshold: float) -> torch.Tensor:
@@ -93,6 +81,160 @@ def _vote(mask: torch.Tensor, frames: int, chunk_frames: int, threshold: float) 
     per = mask.view(b, frames, s).float()
     chunk_id, counts = _chunk_layout(frames, chunk_frames, mask.device, torch.float32)
     sums = torch.zeros(b, counts.shape[0], s, device=mask.device).index_add(1, chunk_id, per)
-    counts = counts[None, :, None]
-    vote = (sums / counts) > threshold  # [B, chunks, S]
+    vote = (sums / counts[None, :, None]) > threshold  # [B, chunks, S]
     return vote[:, chunk_id].reshape(b, n)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass
+class Distances:
+    token: torch.Tensor  # [B, L]
+    chunk: torch.Tensor  # [B, L]
+    sample: torch.Tensor  # [B]
+
+
+@dataclass
+class CallView:
+    """What a policy may read of the call just made, to update its per-token weights."""
+
+    h_l: torch.Tensor  # [B, L, D] the stream after the last block
+    residual: torch.Tensor  # [B, L, D] the cached residual after this call
+    old_residual: torch.Tensor  # [B, L, D] before this call
+    fresh: torch.Tensor  # [L] bool: rows recomputed this call
+    computes_before: torch.Tensor  # [B, L]
+    frames: int
+    latent: Callable[[], torch.Tensor]  # the latent input [B, C, F, H, W]
+    velocity: Callable[[], torch.Tensor]  # the model's first output
+    frame_timesteps: Callable[[], torch.Tensor | None]  # [B, F] or None
+    patch_size: tuple[int, int, int]
+
+
+class Policy:
+    """Base: accumulate a step distance, compute what is due, warming up or forced. Subclasses choose the
+    step distance and how due tokens become the recompute mask."""
+
+    config_type: ClassVar[type]
+
+    def __init__(self, config: ReuseConfig, chunk_frames: int):
+        self.config = config
+        self.chunk_frames = chunk_frames
+
+    @property
+    def name(self) -> str:
+        return self.config.policy
+
+    # state the policy keeps beyond the common one: name -> initial fill value ([B, L] float)
+    extra_state: ClassVar[dict[str, float]] = {}
+
+    def step_distance(self, d: Distances, computes, weights) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select(self, due, must, computes, frames: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decide(self, d: Distances, acc, computes, final, weights, frames: int):
+        """(recompute mask U [B, L], new acc, new computes)."""
+        cfg = self.config
+        changed = d.token > 0
+        never = computes == 0
+        warm = changed & (computes < cfg.warmup_steps)
+        forced = final & changed if cfg.force_final_step else torch.zeros_like(changed)
+        acc = acc + self.step_distance(d, computes, weights)
+        update = self.select(acc >= cfg.threshold, warm | forced | never, computes, frames)
+        acc = torch.where(update, torch.zeros_like(acc), acc)
+        return update, acc, computes + update.to(computes.dtype)
+
+    def new_weights(self, view: CallView, state: dict) -> dict:
+        """State entries to replace after a call (weights and the like); none by default."""
+        return {}
+
+
+@register_policy(TeaCacheConfig)
+class TeaCachePolicy(Policy):
+    """Whole step: every token is computed when any is due (TeaCache)."""
+
+    def step_distance(self, d, computes, weights):
+        return d.sample[:, None].expand_as(d.token)
+
+    def select(self, due, must, computes, frames):
+        return (due | must).any(1, keepdim=True).expand_as(due)
+
+
+@register_policy(FlowCacheConfig)
+class FlowCachePolicy(Policy):
+    """Per chunk of frames (FlowCache, spec 3.2): a chunk is recomputed or reused as a whole."""
+
+    def step_distance(self, d, computes, weights):
+        return d.chunk
+
+    def select(self, due, must, computes, frames):
+        return chunk_mean((due | must).float(), frames, self.chunk_frames) > 0
+
+
+@register_policy(MotionCacheConfig)
+class MotionCachePolicy(Policy):
+    """Per token (MotionCache, spec 3.3): a chunk-wise phase, then motion-weighted per-token accumulation with
+    temporal voting and a minimum partial-update ratio."""
+
+    def __init__(self, config: MotionCacheConfig, chunk_frames: int):
+        super().__init__(config, chunk_frames)
+        if config.motion_source == "residual":
+            self.extra_state = {"instability": 0.0}
+
+    def _phase1(self, computes):
+        return computes < self.config.warmup_steps + self.config.phase1_computes
+
+    def step_distance(self, d, computes, weights):
+        own = d.chunk if self.config.token_distance == "chunk" else d.token
+        return torch.where(self._phase1(computes), d.chunk, weights * own)
+
+    def select(self, due, must, computes, frames):
+        cfg = self.config
+        update = due
+        token_phase = ~self._phase1(computes)
+        if cfg.temporal_voting:
+            # logical form of where(token_phase, vote, update): ONNX Runtime has no boolean Where
+            vote = _vote(update, frames, self.chunk_frames, cfg.vote_threshold)
+            update = (token_phase & vote) | (~token_phase & update)
+        if cfg.min_update_ratio > 0:
+            frac = chunk_mean(update.float(), frames, self.chunk_frames)
+            too_few = (frac > 0) & (frac < cfg.min_update_ratio) & token_phase
+            update = update & ~too_few
+        return update | must
+
+    def new_weights(self, view: CallView, state: dict) -> dict:
+        cfg = self.config
+        if cfg.motion_source == "residual":
+            # observed instability of the rows just recomputed (and computed before): how much R moved
+            old = view.old_residual
+            change = (view.residual - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
+            observed = view.fresh[None, :] & (view.computes_before > 0)
+            instability = torch.where(observed, change.float(), state["instability"])
+            return {"instability": instability, "weights": self._shuffle(
+                normalise_per_frame(instability, view.frames, cfg.weight_floor), view.frames)}
+        if cfg.motion_source == "hidden":
+            d = frame_differences(view.h_l.float(), view.frames, relative=True)
+        else:
+            latent = view.latent().float()
+            if cfg.motion_source == "clean":
+                velocity = view.velocity().float()
+                t = view.frame_timesteps()
+                if t is None or velocity.shape != latent.shape:
+                    raise McGraphError("motion_source='clean' needs a [B, F] or [B] timestep input and a velocity "
+                                       "output shaped like the latent")
+                sigma = (t / 1000.0).view(latent.shape[0], 1, -1, 1, 1).repeat_interleave(view.patch_size[0], 2)
+                latent = latent - sigma * velocity
+            d = frame_differences(latent_tokens(latent, view.patch_size), view.frames,
+                                  relative=cfg.motion_source == "clean")
+        return {"weights": self._shuffle(normalise_per_frame(d, view.frames, cfg.weight_floor), view.frames)}
+
+    def _shuffle(self, weights: torch.Tensor, frames: int) -> torch.Tensor:
+        """The placebo control: the same weights permuted within each frame by a fixed random permutation,
+        so a benchmark can tell the motion signal from merely computing part of a chunk."""
+        seed = self.config.placebo_seed
+        if seed is None:
+            return weights
+        b, n = weights.shape
+        per_frame = n // frames
+        perm = torch.randperm(per_frame, generator=torch.Generator().manual_seed(seed)).to(weights.device)
+        return weights.view(b, frames, per_frame)[:, :, perm].reshape(b, n)

@@ -1,10 +1,18 @@
-"""One cache-aware model call: (flat inputs, state) -> (flat outputs, new state), built from the split graphs.
+"""The one cache-aware model call: (flat inputs, state) -> (flat outputs, decision, new state).
 
-State per context is a dict of tensors (nothing hidden in buffers): the indicator of the last call, the
-per-token accumulators, compute counts and motion weights, the block-stack residual R = h_L - h_0, and each
-self-attention layer's K and V for every token. `CachedStep.run` returns a new state rather than mutating its input,
-except that the token-subset stack writes fresh K/V rows into the cache tensors in place
-(the eager default; `TokenSubsetStack(inplace_kv=False)` gives the purely functional form export needs).
+Matches: the graphs `mcgraph.compiler.cache_build` makes from one captured specialisation (prologue, block
+stack, token-subset stack, epilogue).
+Guarantees: one definition of the call, in two modes that share every stage (front, distances, policy
+decision, the skip / subset / full branches, the state update):
+
+- eager (`traced=False`): Python picks the path from the exact number of selected tokens (or the smallest
+  capacity bucket that holds them when the config has buckets); the subset stack writes K/V rows in place;
+- traced (`traced=True`, for torch.compile and export): static capacity buckets and a balanced `torch.cond`
+  tree over the branch index, no Python branch on data, no in-place write to an input.
+
+With the same buckets both modes compute the same thing. State per context is a dict of tensors (the
+indicator of the last call, per-token accumulators / compute counts / motion weights / last timesteps, the
+block-stack residual R = h_L - h_0 and every self-attention layer's K and V); it lives in the session.
 """
 
 from __future__ import annotations
@@ -13,27 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mcgraph.config import MotionCacheConfig, ReuseConfig
-from mcgraph.runtime.policies import chunk_mean, decide
+from mcgraph.compiler.cache_build import StepGraphs
+from mcgraph.config import ReuseConfig
 from mcgraph.errors import McGraphError
-from mcgraph.runtime.motion import frame_differences, latent_tokens, normalise_per_frame
-from mcgraph.compiler.structure import ModelStructure
+from mcgraph.runtime.policies import CallView, Distances, chunk_mean, policy_for
 
-
-class CacheMemoryError(McGraphError, MemoryError):
-    """The cache state would exceed the configured budget; nothing was allocated."""
-
-
-@dataclass
-class StepRecord:
-    """What one call decided (kept when recording is on): for plots, heat maps and tests."""
-
-    context: str
-    computed: torch.Tensor  # [B, L] bool: tokens recomputed (decided), before union over the batch
-    executed: int  # tokens actually run through the blocks (union over the batch, or a capacity bucket)
-    tokens: int
-    frames: int
-    path: str  # "full" | "subset" | "skip"
+DEFAULT_GRAPH_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -46,9 +39,18 @@ class Front:
     h0: torch.Tensor  # [B, L, D] the stream entering block 0
     batch: int
     tokens: int
-    dim: int
     frames: int
     per_frame: int
+
+
+@dataclass
+class StepResult:
+    outputs: list
+    recomputed: torch.Tensor  # [B, L] bool: tokens the policy chose
+    executed: torch.Tensor | int  # tokens run through the blocks (0 skip, a bucket, or all)
+    new_state: dict
+    frames: int = 0
+    tokens: int = 0
 
 
 def execution_path(executed: int, tokens: int) -> str:
@@ -73,43 +75,54 @@ def select_tokens(selected: torch.Tensor, acc: torch.Tensor, k: int) -> torch.Te
     return score.topk(k).indices.sort().values
 
 
+def _cond(pred, true_fn, false_fn, operands):
+    """torch.cond when compiling or exporting (one graph, both branches); a plain branch when run eagerly,
+    where torch.cond would invoke dynamo on every call for nothing."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return torch.cond(pred, true_fn, false_fn, operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
+def _dense(*outs):
+    # every branch must return the same layout (cond checks strides): the stack's K/V may be views
+    return tuple(t.contiguous() for t in outs)
+
+
 @dataclass
-class CachedStep:
+class CacheStep:
+    """See module docstring. `structure`: what the analyses found (grid, input roles)."""
+
+    graphs: StepGraphs
+    structure: object
     config: ReuseConfig
-    structure: ModelStructure
-    prologue: torch.nn.Module
-    stack: torch.nn.Module
-    subset_stack: torch.nn.Module  # writes K/V rows in place (eager)
-    subset_stack_functional: torch.nn.Module  # the same, out of place (compile / export)
-    epilogue: torch.nn.Module
-    boundary: list[str]
-    stack_inputs: list[str]
-    epilogue_inputs: list[str]
-    stream_input: str
-    input_names: list[str]  # flat input names (graph placeholders)
     chunk_frames: int
-    kv_floats_per_token: int  # K+V elements per token summed over layers (per batch sample)
-    kv_example_shapes: list  # every layer's K and V shape on the build example (batch first, tokens second-last)
-    example_batch: int
-    kv_dtype: torch.dtype
-    records: list[StepRecord] = field(default_factory=list)
-    record: bool = False
+    policy: object = field(init=False)
+
+    def __post_init__(self):
+        self.policy = policy_for(self.config, self.chunk_frames)
 
     # ---------------------------------------------------------------------------------------- geometry
-    def _geometry(self, flat) -> tuple[int, int]:
+    def latent_input(self, flat) -> torch.Tensor:
+        return flat[self.graphs.input_names.index(self.structure.grid.latent_input)]
+
+    def geometry(self, flat) -> tuple[int, int]:
         """(frames, tokens per frame) of this call, from the latent input's shape and the patch size."""
-        grid = self.structure.grid
-        latent = flat[self.input_names.index(grid.latent_input)]
-        pt, ph, pw = grid.patch_size
+        latent = self.latent_input(flat)
+        pt, ph, pw = self.structure.grid.patch_size
         if latent.dim() == 5:
             return latent.shape[2] // pt, (latent.shape[3] // ph) * (latent.shape[4] // pw)
         return 1, (latent.shape[2] // ph) * (latent.shape[3] // pw)
 
-    def _token_timesteps(self, flat, batch: int, frames: int, per_frame: int) -> torch.Tensor | None:
+    @property
+    def has_timesteps(self) -> bool:
+        return any(role == "timestep" for role in self.structure.inputs.values())
+
+    def token_timesteps(self, flat, batch: int, frames: int, per_frame: int) -> torch.Tensor | None:
+        """Each token's timestep [B, frames * per_frame] (per_frame 1: per frame), or None if not readable."""
         names = [n for n, role in self.structure.inputs.items() if role == "timestep"]
         if not names:
             return None
-        t = flat[self.input_names.index(names[0])]
+        t = flat[self.graphs.input_names.index(names[0])]
         if not isinstance(t, torch.Tensor):
             return None
         t = t.float()
@@ -119,33 +132,40 @@ class CachedStep:
             return t.reshape(-1, 1).expand(batch, frames * per_frame)
         return None
 
-    def state_bytes(self, batch: int, tokens: int, dim: int, dtype: torch.dtype) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        per_token = 2 * dim * elem + self.kv_floats_per_token * elem + 3 * 4  # R, indicator, KV, acc/computes/w
-        return batch * tokens * per_token
-
     def kv_shapes(self, batch: int, tokens: int) -> list[tuple[int, ...]]:
         """Shapes of every layer's K and V cache for a call with `batch` samples and `tokens` tokens."""
+        g = self.graphs
         out = []
-        for shape in self.kv_example_shapes:
+        for shape in g.kv_example_shapes:
             s = list(shape)
-            s[0] = s[0] // self.example_batch * batch
+            s[0] = s[0] // g.example_batch * batch
             s[-2] = tokens
             out.append(tuple(s))
         return out
 
-    # ------------------------------------------------------------------------------- the shared stages
+    def state_bytes(self, batch: int, tokens: int, dtype: torch.dtype | None = None) -> int:
+        """Bytes of one context's state for a call of this size (known before anything is allocated)."""
+        elem = torch.empty((), dtype=dtype or self.graphs.kv_dtype).element_size()
+        per_token = 2 * self.graphs.stream_dim * elem + self.graphs.kv_floats_per_token * elem + 4 * 4
+        return batch * tokens * per_token
+
+    def state_bytes_for(self, flat) -> int:
+        frames, per_frame = self.geometry(flat)
+        latent = self.latent_input(flat)
+        return self.state_bytes(latent.shape[0], frames * per_frame, latent.dtype)
+
+    # ------------------------------------------------------------------------------------------ stages
     def front(self, flat) -> Front:
         """Run the prologue (everything before the blocks) and read the call's geometry."""
-        pro = self.prologue(*flat)
-        values = dict(zip(self.boundary, pro[:-1]))
-        h0 = values[self.stream_input]
-        batch, tokens, dim = h0.shape
-        frames, per_frame = self._geometry(flat)
+        g = self.graphs
+        pro = g.prologue(*flat)
+        values = dict(zip(g.boundary, pro[:-1]))
+        h0 = values[g.stream_input]
+        batch, tokens, _ = h0.shape
+        frames, per_frame = self.geometry(flat)
         if frames * per_frame != tokens:
             raise McGraphError(f"token grid {frames}x{per_frame} does not match {tokens} tokens")
-        return Front(values, pro[-1], [values[n] for n in self.stack_inputs], h0, batch, tokens, dim, frames,
-                     per_frame)
+        return Front(values, pro[-1], [values[n] for n in g.stack_inputs], h0, batch, tokens, frames, per_frame)
 
     def initial_state(self, front: Front) -> dict:
         """The state before a context's first call: nothing computed yet (computes 0), so that call computes
@@ -160,131 +180,153 @@ class CachedStep:
         }
         if self.has_timesteps:
             state["timesteps"] = torch.full((b, n), float("inf"), device=dev)
-        if self.wants_instability:
-            state["instability"] = torch.zeros(b, n, device=dev)
-        state["kv"] = [torch.zeros(s, dtype=self.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]
+        for name, fill in self.policy.extra_state.items():
+            state[name] = torch.full((b, n), fill, device=dev)
+        state["kv"] = [torch.zeros(s, dtype=self.graphs.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]
         return state
 
-    def decide_tokens(self, flat, front: Front, state: dict):
-        """(recompute mask U [B, L], new acc, new computes) from the indicator's change since the last call."""
-        cfg = self.config
-        frames = front.frames
+    def distances(self, front: Front, state: dict) -> Distances:
         num = (front.indicator - state["indicator"]).abs().mean(-1).float()  # [B, L]
         den = state["indicator"].abs().mean(-1).float()
-        dist = num / (den + 1e-8)
-        chunk_dist = chunk_mean(num, frames, self.chunk_frames) / (chunk_mean(den, frames, self.chunk_frames) + 1e-8)
-        sample_dist = num.mean(1) / (den.mean(1) + 1e-8)
-        t_tok = self._token_timesteps(flat, front.batch, frames, front.per_frame)
-        if t_tok is None:
-            final = torch.zeros_like(dist, dtype=torch.bool)
-        else:
-            # a token's final step is the call where its timestep *drops* into (0, final_timestep]; a
-            # history frame held at a small timestep (re-noised prefix) is not at its final step every call
-            final = (t_tok > 0) & (t_tok <= cfg.final_timestep) & (t_tok < state["timesteps"])
-        return decide(cfg, dist, chunk_dist, sample_dist, state["acc"], state["computes"], final, state["weights"],
-                      frames, self.chunk_frames)
+        f, c = front.frames, self.chunk_frames
+        return Distances(token=num / (den + 1e-8),
+                         chunk=chunk_mean(num, f, c) / (chunk_mean(den, f, c) + 1e-8),
+                         sample=num.mean(1) / (den.mean(1) + 1e-8))
 
-    def finish(self, flat, front: Front, state: dict, update, acc, computes, h_l, residual, kv, fresh, outputs):
-        """The new state after a call: motion weights of this call's output, the updated accumulators."""
-        cfg = self.config
-        weights = state["weights"]
-        new_state = {"indicator": front.indicator, "acc": acc, "computes": computes, "weights": weights,
-                     "residual": residual}
+    def final_step(self, flat, front: Front, state: dict) -> torch.Tensor:
+        """[B, L] bool: the token's timestep *drops* into (0, final_timestep] this call (its final denoising
+        step); a history frame held at a small timestep (re-noised prefix) is not final on every call."""
+        t_tok = self.token_timesteps(flat, front.batch, front.frames, front.per_frame)
+        if t_tok is None:
+            return torch.zeros(front.batch, front.tokens, dtype=torch.bool, device=front.h0.device)
+        return (t_tok > 0) & (t_tok <= self.config.final_timestep) & (t_tok < state["timesteps"])
+
+    # -------------------------------------------------------------------------------------- branches
+    # each branch returns (h_L, residual, fresh rows [L], executed, *K/V)
+    def _skip(self, h0, res, kv, count, copy: bool):
+        # traced: cond branches may not return their inputs (ONNX turns the clones into Identity)
+        return (h0 + res, res.clone() if copy else res,
+                torch.zeros(h0.shape[1], dtype=torch.bool, device=h0.device), count(0),
+                *[t.clone() if copy else t for t in kv])
+
+    def _full(self, stack_in, h0, count):
+        h_l, *kv_new = self.graphs.stack(*stack_in)
+        return (h_l, h_l - h0, torch.ones(h0.shape[1], dtype=torch.bool, device=h0.device), count(h0.shape[1]),
+                *kv_new)
+
+    def _subset(self, index, stack_in, h0, res, kv, count, inplace: bool):
+        stack = self.graphs.subset_stack if inplace else self.graphs.subset_stack_functional
+        h_sel, *kv_new = stack(*stack_in, index, *kv)
+        residual = res.index_copy(1, index, h_sel - h0.index_select(1, index))
+        fresh = torch.zeros(h0.shape[1], dtype=torch.bool, device=h0.device).index_fill(0, index, True)
+        return (h0 + residual, residual, fresh, count(index.shape[0]), *kv_new)
+
+    def execute_eager(self, selected, acc, front: Front, state: dict, first_call: bool):
+        """(h_L, residual, fresh rows, executed, *kv) with Python picking the path."""
+        tokens, buckets = front.tokens, self.config.capacity_buckets
+        need = int(selected.sum())
+        index = None  # all tokens
+        if not first_call:
+            if buckets is None or need == 0:
+                index = selected.nonzero().squeeze(1)
+            else:
+                k = next(k for k in bucket_sizes(buckets, tokens) if k >= need)
+                index = None if k >= tokens else select_tokens(selected, acc, k)
+
+        def count(n):
+            return n
+
+        if index is None or index.numel() == tokens:
+            return self._full(front.stack_in, front.h0, count)
+        if index.numel() == 0:
+            return self._skip(front.h0, state["residual"], state["kv"], count, copy=False)
+        return self._subset(index, front.stack_in, front.h0, state["residual"], state["kv"], count, inplace=True)
+
+    def execute_traced(self, selected, acc, front: Front, state: dict, buckets):
+        """The same branches as `execute_eager`, chosen by a balanced `torch.cond` tree over static buckets."""
+        tokens = front.tokens
+        kv = list(state["kv"])
+        n_kv = len(kv)
+        # cond operands must be tensors; non-tensor stack inputs (static sizes) are closed over
+        tensor_slots = [i for i, v in enumerate(front.stack_in) if isinstance(v, torch.Tensor)]
+        sizes = [k for k in bucket_sizes(buckets, tokens) if k < tokens]
+        need = selected.sum()
+        # branch 0 skips (nothing selected), branch i runs the i-th bucket, the last one the full stack
+        branch = (need > 0).long() + sum((need > k).long() for k in sizes)
+        operands = (branch, selected, acc, front.h0, state["residual"], *kv,
+                    *[front.stack_in[i] for i in tensor_slots])
+
+        def unpack(ops):
+            stack_in = list(front.stack_in)
+            for slot, value in zip(tensor_slots, ops[5 + n_kv:]):
+                stack_in[slot] = value
+            return ops[1], ops[2], ops[3], ops[4], list(ops[5:5 + n_kv]), stack_in
+
+        def count_like(sel):
+            return lambda n: torch.full((), n, dtype=torch.int64, device=sel.device)
+
+        def skip(*ops):
+            sel, _, h0, res, kv_, _ = unpack(ops)
+            return _dense(*self._skip(h0, res, kv_, count_like(sel), copy=True))
+
+        def full(*ops):
+            sel, _, h0, _, _, stack_in = unpack(ops)
+            return _dense(*self._full(stack_in, h0, count_like(sel)))
+
+        def subset(k):
+            def run(*ops):
+                sel, acc_, h0, res, kv_, stack_in = unpack(ops)
+                return _dense(*self._subset(select_tokens(sel, acc_, k), stack_in, h0, res, kv_, count_like(sel),
+                                            inplace=False))
+            return run
+
+        branches = [skip, *[subset(k) for k in sizes], full]
+
+        def tree(lo, hi):
+            # export retraces nested branches once per enclosing level: depth (log2 of the branch count),
+            # not the number of buckets, sets its cost
+            if lo == hi:
+                return branches[lo]
+            mid = (lo + hi) // 2
+            left, right = tree(lo, mid), tree(mid + 1, hi)
+            return lambda *ops: _cond(ops[0] <= mid, left, right, ops)
+
+        return tree(0, len(branches) - 1)(*operands)
+
+    def finish(self, flat, front: Front, state: dict, acc, computes, h_l, residual, kv, fresh, outputs) -> dict:
+        """The new state after a call: the updated accumulators and what the policy keeps (motion weights)."""
+        new_state = {k: v for k, v in state.items() if k != "kv"}
+        new_state.update(indicator=front.indicator, acc=acc, computes=computes, residual=residual)
         if self.has_timesteps:
-            t_now = self._token_timesteps(flat, front.batch, front.frames, front.per_frame)
-            new_state["timesteps"] = state["timesteps"] if t_now is None else t_now
-        if self.wants_instability:
-            # observed instability of the rows just recomputed (and computed before): how much R moved since cached
-            old = state["residual"]
-            change = (residual - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
-            observed = fresh[None, :] & (state["computes"] > 0)
-            new_state["instability"] = torch.where(observed, change.float(), state["instability"])
-            new_state["weights"] = normalise_per_frame(new_state["instability"], front.frames, cfg.weight_floor)
-        elif isinstance(cfg, MotionCacheConfig):
-            new_state["weights"] = self._motion_weights(cfg, h_l, flat, outputs, front.frames, front.per_frame)
+            t_now = self.token_timesteps(flat, front.batch, front.frames, front.per_frame)
+            if t_now is not None:
+                new_state["timesteps"] = t_now
+        view = CallView(h_l=h_l, residual=residual, old_residual=state["residual"], fresh=fresh,
+                        computes_before=state["computes"], frames=front.frames,
+                        latent=lambda: self.latent_input(flat), velocity=lambda: outputs[0],
+                        frame_timesteps=lambda: self.token_timesteps(flat, front.batch, front.frames, 1),
+                        patch_size=self.structure.grid.patch_size)
+        new_state.update(self.policy.new_weights(view, state))
         new_state["kv"] = list(kv)
         return new_state
 
-    # --------------------------------------------------------------------------------------------- run
-    def run(self, flat: list, state: dict | None, context: str = "default"):
-        """Eager call: Python chooses the path and the exact (or bucketed) number of tokens to run."""
-        cfg = self.config
+    # -------------------------------------------------------------------------------------------- call
+    def __call__(self, flat: list, state: dict | None, *, traced: bool = False, buckets=None) -> StepResult:
+        """One call. `state` None: the context's first call (every token is computed). `traced`: the graph
+        mode, with `buckets` (default: the config's, else DEFAULT_GRAPH_BUCKETS)."""
         front = self.front(flat)
-        if state is None:
-            if cfg.max_cache_bytes is not None:
-                need = self.state_bytes(front.batch, front.tokens, front.dim, front.h0.dtype)
-                if need > cfg.max_cache_bytes:
-                    raise CacheMemoryError(
-                        f"cache state for context {context!r} needs {need / 2**20:.1f} MiB "
-                        f"(batch {front.batch}, {front.tokens} tokens, hidden {front.dim}, {len(self.kv_example_shapes) // 2} "
-                        f"attention layers), over max_cache_bytes = {cfg.max_cache_bytes / 2**20:.1f} MiB")
+        first_call = state is None
+        if first_call:
             state = self.initial_state(front)
-        update, acc, computes = self.decide_tokens(flat, front, state)
-
+        update, acc, computes = self.policy.decide(self.distances(front, state), state["acc"], state["computes"],
+                                                   self.final_step(flat, front, state), state["weights"],
+                                                   front.frames)
         selected = update.any(0)  # tokens any sample needs: run once for the whole batch
-        index = self._execution_index(selected, acc, state)
-        tokens, h0 = front.tokens, front.h0
-        n = index.numel() if index is not None else tokens
-        if n == tokens:
-            h_l, *kv = self.stack(*front.stack_in)
-            residual = h_l - h0
-            fresh = torch.ones(tokens, dtype=torch.bool, device=h0.device)
-            path = "full"
-        elif n == 0:
-            h_l = h0 + state["residual"]
-            residual = state["residual"]
-            kv = state["kv"]
-            fresh = torch.zeros(tokens, dtype=torch.bool, device=h0.device)
-            path = "skip"
+        if traced:
+            buckets = tuple(buckets or self.config.capacity_buckets or DEFAULT_GRAPH_BUCKETS)
+            h_l, residual, fresh, executed, *kv = self.execute_traced(selected, acc, front, state, buckets)
         else:
-            h_sel, *kv = self.subset_stack(*front.stack_in, index, *state["kv"])
-            residual = state["residual"].index_copy(1, index, h_sel - h0.index_select(1, index))
-            h_l = h0 + residual
-            fresh = torch.zeros(tokens, dtype=torch.bool, device=h0.device).index_fill(0, index, True)
-            path = "subset"
-        outputs = self.epilogue(h_l, *[front.values[n_] for n_ in self.epilogue_inputs])
-        new_state = self.finish(flat, front, state, update, acc, computes, h_l, residual, kv, fresh, outputs)
-        if self.record:
-            self.records.append(StepRecord(context, update.cpu(), n, tokens, front.frames, path))
-        return outputs, new_state
-
-    @property
-    def has_timesteps(self) -> bool:
-        return any(role == "timestep" for role in self.structure.inputs.values())
-
-    @property
-    def wants_instability(self) -> bool:
-        return isinstance(self.config, MotionCacheConfig) and self.config.motion_source == "residual"
-
-    def _execution_index(self, selected, acc, state):
-        """Token indices to run through the blocks; None means all. Buckets give static sizes."""
-        tokens = selected.shape[0]
-        buckets = self.config.capacity_buckets
-        if state is None:
-            return None
-        if buckets is None:
-            return selected.nonzero().squeeze(1)
-        need = int(selected.sum())
-        if need == 0:
-            return selected.nonzero().squeeze(1)
-        k = next(k for k in bucket_sizes(buckets, tokens) if k >= need)
-        if k >= tokens:
-            return None
-        return select_tokens(selected, acc, k)
-
-    def _motion_weights(self, cfg: MotionCacheConfig, h_l, flat, outputs, frames, per_frame):
-        grid = self.structure.grid
-        if cfg.motion_source == "hidden":
-            d = frame_differences(h_l.float(), frames, relative=True)
-        else:
-            latent = flat[self.input_names.index(grid.latent_input)].float()
-            if cfg.motion_source == "clean":
-                velocity = outputs[0].float()
-                t = self._token_timesteps(flat, latent.shape[0], frames, 1)  # per frame [B, F]
-                if t is None or velocity.shape != latent.shape:
-                    raise McGraphError("motion_source='clean' needs a [B, F] or [B] timestep input and a velocity "
-                                       "output shaped like the latent")
-                sigma = (t / 1000.0).view(latent.shape[0], 1, frames, 1, 1).repeat_interleave(grid.patch_size[0], 2)
-                latent = latent - sigma * velocity
-            d = frame_differences(latent_tokens(latent, grid.patch_size), frames, relative=cfg.motion_source == "clean")
-        return normalise_per_frame(d, frames, cfg.weight_floor)
+            h_l, residual, fresh, executed, *kv = self.execute_eager(selected, acc, front, state, first_call)
+        outputs = self.graphs.epilogue(h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
+        new_state = self.finish(flat, front, state, acc, computes, h_l, residual, kv, fresh, outputs)
+        return StepResult(list(outputs), update, executed, new_state, front.frames, front.tokens)

@@ -1,0 +1,177 @@
+"""The cache session: everything a user experiences between calls, in one object for every runtime.
+
+A session holds one cache state per context (the CFG branch: `cache_context("cond")`), and on every call:
+refuses non-finite input before the state is touched, resets a context whose input signature (shapes,
+dtypes, devices) changed (with a warning), refuses a state larger than the memory budget before allocating
+it, runs the step, stores the new state and keeps a decision record when asked.
+
+The runtimes are thin adapters that hand it a `StepRunner` (how to run one step on their state
+representation): eager `OptimizedModule` (a `CacheStep`), the torch.compile backend (the compiled
+`StepGraph`), and ONNX Runtime (`mcgraph.export.OrtSession`, numpy state). The state itself is opaque here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from mcgraph.errors import McGraphError
+from mcgraph.runtime import context as global_context
+from mcgraph.runtime.step import StepResult, execution_path
+
+
+class CacheMemoryError(McGraphError, MemoryError):
+    """The cache state would exceed the configured budget; nothing was allocated."""
+
+
+class NonFiniteInputError(McGraphError, ValueError):
+    """An input holds NaN or Inf; the call was refused before the cache state was touched."""
+
+
+@dataclass
+class StepRecord:
+    """What one call decided (kept when recording is on): for plots, heat maps and tests."""
+
+    context: str
+    computed: torch.Tensor  # [B, L] bool: tokens the policy chose (before the union over the batch)
+    executed: int  # tokens actually run through the blocks (union over the batch, or a capacity bucket)
+    tokens: int
+    frames: int
+    path: str  # "full" | "subset" | "skip"
+
+
+class StepRunner(Protocol):
+    """How one runtime runs the step on its own state representation."""
+
+    def run(self, flat: list, state: Any | None) -> StepResult: ...
+
+    def state_bytes(self, flat: list) -> int: ...
+
+
+def signature_of(flat) -> tuple:
+    return tuple((tuple(x.shape), x.dtype, x.device) for x in flat if isinstance(x, torch.Tensor))
+
+
+def _sig_str(sig) -> str:
+    return ", ".join(f"{list(s)}:{str(d).replace('torch.', '')}" for s, d, _ in sig)
+
+
+def check_finite(names, flat, owner: str) -> None:
+    """NonFiniteInputError naming the first floating-point input with NaN or Inf."""
+    for name, value in zip(names, flat):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "Inf"
+            raise NonFiniteInputError(f"{owner}: input {name!r} contains {kind}; the call was refused before the "
+                                      "cache state was touched")
+
+
+class CacheSession:
+    """See module docstring. `owner`: the model's name for messages; `input_names`: flat input names;
+    `global_contexts`: read the context from `mcgraph.cache_context` (backend-compiled models have no
+    method of ours to enter) and answer `mcgraph.reset_cache()`."""
+
+    def __init__(self, owner: str, input_names: list[str], max_cache_bytes: int | None = None,
+                 global_contexts: bool = False, states: dict | None = None):
+        self.owner = owner
+        self.input_names = list(input_names)
+        self.max_cache_bytes = max_cache_bytes
+        self.global_contexts = global_contexts
+        self.states: dict[str, tuple] = states if states is not None else {}  # context -> (signature, state)
+        self._context = "default"
+        self.recording = False
+        self._records: list = []
+        self._pending: list = []  # records made under tracing (tensors), turned into StepRecords when read
+        if global_contexts:
+            global_context.register(self)
+
+    # ---------------------------------------------------------------------------------------- control
+    @contextlib.contextmanager
+    def cache_context(self, name: str):
+        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
+        previous, self._context = self._context, str(name)
+        try:
+            yield self
+        finally:
+            self._context = previous
+
+    @property
+    def context(self) -> str:
+        if self.global_contexts:
+            return global_context.current_context()
+        return self._context
+
+    def reset_cache(self) -> None:
+        """Forget the cache state of every context (start of a new generation or segment)."""
+        self.states.clear()
+
+    def record_decisions(self, on: bool = True) -> list:
+        """Keep a StepRecord per call; returns the list, which fills up live."""
+        self.recording = on
+        return self.decision_records
+
+    @property
+    def decision_records(self) -> list:
+        for context, recomputed, executed, tokens, frames in self._pending:
+            executed = int(executed)
+            self._records.append(StepRecord(context, recomputed.cpu(), executed, tokens, frames,
+                                            execution_path(executed, tokens)))
+        self._pending.clear()
+        return self._records
+
+    def cache_state_bytes(self) -> int:
+        """Bytes held by the cache state of all contexts now."""
+        total = 0
+        for _, state in self.states.values():
+            for v in pytree.tree_leaves(state):
+                if isinstance(v, torch.Tensor):
+                    total += v.numel() * v.element_size()
+                elif isinstance(v, np.ndarray):
+                    total += v.nbytes
+        return total
+
+    # ------------------------------------------------------------------------------------------- call
+    def state_for(self, context: str, signature: tuple, need_bytes) -> Any | None:
+        """The context's state for a call with this signature: None (fresh) on its first call or after its
+        signature changed (warned); raises CacheMemoryError before a fresh state beyond the budget exists."""
+        entry = self.states.get(context)
+        if entry is not None and entry[0] == signature:
+            return entry[1]
+        if entry is not None and not torch.compiler.is_compiling():
+            warnings.warn(f"mcgraph: input shapes/dtype changed mid-generation in cache context {context!r} of "
+                          f"{self.owner} ({_sig_str(entry[0])} -> {_sig_str(signature)}); its cache was reset",
+                          stacklevel=4)
+        if entry is not None:
+            del self.states[context]
+        if self.max_cache_bytes is not None:
+            need = need_bytes()
+            if need > self.max_cache_bytes:
+                raise CacheMemoryError(
+                    f"cache state of {self.owner} for context {context!r} needs {need / 2**20:.2f} MiB for calls of "
+                    f"this size ({_sig_str(signature)}), over max_cache_bytes = {self.max_cache_bytes} bytes "
+                    f"({self.max_cache_bytes / 2**20:.2f} MiB); nothing was allocated")
+        return None
+
+    def call(self, flat: list, runner: StepRunner, *, traced: bool = False) -> list:
+        """Run one step for the current context; returns the flat outputs. `traced`: inside torch.compile,
+        where checks on data live in the graph (StepGraph asserts finiteness) and records stay tensors."""
+        if not traced:
+            check_finite(self.input_names, flat, self.owner)
+        context = self.context
+        signature = signature_of(flat)
+        state = self.state_for(context, signature, lambda: runner.state_bytes(flat))
+        result = runner.run(flat, state)
+        self.states[context] = (signature, result.new_state)
+        if self.recording:
+            if traced:
+                self._pending.append((context, result.recomputed, result.executed, result.tokens, result.frames))
+            else:
+                executed = int(result.executed)
+                self._records.append(StepRecord(context, result.recomputed.detach().cpu(), executed, result.tokens,
+                                                result.frames, execution_path(executed, result.tokens)))
+        return result.outputs

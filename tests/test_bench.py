@@ -9,15 +9,9 @@ import math
 import pytest
 import torch
 
-from mcgraph.bench.harness import (
-    SCHEMA_PATH,
-    BenchSettings,
-    load_schema,
-    pareto_front,
-    quick_settings,
-    results_section,
-    validate,
-)
+from mcgraph.bench.report import SCHEMA_PATH, load_schema, results_section, validate
+from mcgraph.bench.settings import BenchSettings, quick_settings
+from mcgraph.bench.summary import pareto_front
 from mcgraph.cli.main import main
 from tests.conftest import TINY_WEIGHTS_STEP
 

@@ -63,7 +63,7 @@ def test_missing_weights_is_a_runtime_error(tmp_path, capsys):
 
 
 def test_subcommands_register_from_small_functions(monkeypatch, capsys):
-    from mcgraph import cli
+    import mcgraph.cli.main as cli
 
     def add_hello(subparsers):
         p = subparsers.add_parser("hello-test", help="say hello")

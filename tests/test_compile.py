@@ -13,7 +13,8 @@ import torch._dynamo
 from mcgraph.passes.token_subset import TokenSubsetStack
 from torch._dynamo.utils import counters
 
-from mcgraph.runtime.backend import mcgraph_backend, normalise_module_path
+from mcgraph.compiler.dynamo_lowering import normalise_module_path
+from mcgraph.runtime.backend import mcgraph_backend
 from mcgraph.config import MotionCacheConfig, NoCache
 
 from .cached import cached

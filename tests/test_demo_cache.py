@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mcgraph.runtime.step import StepRecord
+from mcgraph.runtime.session import StepRecord
 from mcgraph.cli.main import main
-from mcgraph.cli.demo import make_cache_config, psnr, run_demo
+from mcgraph.bench.demo_run import run_demo
+from mcgraph.bench.settings import make_cache_config
+from mcgraph.eval.metrics import psnr
 from mcgraph.eval.heatmap import (
     COMPUTED,
     REUSED,

@@ -8,9 +8,11 @@ import torch
 import torch._dynamo
 from PIL import Image
 
-from mcgraph.cli.main import _cache_report, main
-from mcgraph.cli.demo import run_demo
-from mcgraph.bench.runtimes import graph_config, parse_buckets
+from mcgraph.bench.demo_run import run_demo
+from mcgraph.bench.runtimes import graph_config
+from mcgraph.bench.settings import parse_buckets
+from mcgraph.cli.demo import cache_report
+from mcgraph.cli.main import main
 from mcgraph.runtime.step_graph import DEFAULT_GRAPH_BUCKETS
 
 TOL = 1e-4
@@ -43,7 +45,7 @@ def test_demo_runtime_onnx_matches_eager_with_the_same_buckets(tiny_weights, tmp
     # heat maps from the decisions the ONNX graph returned: one GIF frame per schedule row
     with Image.open(c.heatmap_gif) as gif:
         assert gif.n_frames == result.rows
-    report = _cache_report("motioncache", c)
+    report = cache_report("motioncache", c)
     for text in ("motioncache eager", "motioncache onnx", "onnx vs eager cached:", "(eager, same buckets)",
                  "setup (not in the times above): ONNX export"):
         assert text in report

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mcgraph import metrics
+from mcgraph.eval import metrics
 
 
 def _video(seed=0, frames=4, size=32):

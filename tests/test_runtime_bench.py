@@ -10,7 +10,7 @@ import torch
 import torch._dynamo
 
 from mcgraph.cli.main import main
-from mcgraph.bench.runtime_bench import RuntimeBenchSettings, quick_runtime_settings
+from mcgraph.bench.settings import RuntimeBenchSettings, quick_runtime_settings
 
 RUN_IDS = ["eager_uncached", "eager_cached_exact", "eager_cached_buckets", "compiled_cached", "ort_uncached",
            "ort_cached"]

@@ -1,0 +1,1 @@
+"""The ``mcgraph`` command line: `main` (entry point), one module per command, `common` (shared pieces)."""

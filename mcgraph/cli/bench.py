@@ -7,9 +7,15 @@ import os
 import shlex
 from pathlib import Path
 
-POLICY_NAMES = ("none", "teacache", "flowcache", "motioncache")
-RUNTIME_NAMES = ("eager", "compile", "onnx")
-from mcgraph.config import MOTION_SOURCES as SOURCE_NAMES  # light import (dataclasses only)
+from mcgraph.bench.settings import MOTION_SOURCES, POLICIES, RUNTIMES
+from mcgraph.cli.common import SCHEDULE_OPTIONS, UsageError, add_command, buckets, schedule_overrides
+
+__all__ = ["add_bench_command", "run_bench_command", "run_runtime_bench_command"]
+
+# options copied into the settings when given (argparse dest -> settings field)
+_SCHEDULE_AND_PEERS = SCHEDULE_OPTIONS + (("peer_model", "peer_model"), ("peer_steps", "peer_steps"))
+_SCHEDULE_AND_RUNTIME = SCHEDULE_OPTIONS + (("repeats", "repeats"), ("compile_backend", "compile_backend"),
+                                            ("buckets", "buckets"))
 
 
 def _csv(kind, choices=None, name="value"):
@@ -28,15 +34,6 @@ def _csv(kind, choices=None, name="value"):
         return tuple(out)
 
     return parse
-
-
-def _buckets(text: str):
-    from mcgraph.bench.runtimes import parse_buckets
-
-    try:
-        return parse_buckets(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _threads(text: str):
@@ -73,6 +70,16 @@ def _threshold_spec(text: str):
     return policy, vals
 
 
+def _options(args: argparse.Namespace, names) -> list[str]:
+    """["--name", value, ...] for the options of `names` that were given."""
+    parts = []
+    for opt in names:
+        value = getattr(args, opt)
+        if value is not None:
+            parts += ["--" + opt.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    return parts
+
+
 def _command_line(args: argparse.Namespace) -> str:
     """The options given, as a command line that reproduces the run."""
     parts = ["mcgraph", "bench"]
@@ -88,11 +95,8 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += ["--" + opt.replace("_", "-"), joined(value)]
     for policy, values in args.thresholds or ():
         parts += ["--thresholds", f"{policy}={joined(values)}"]
-    for opt in ("repeats", "steps", "frames", "window", "overlap", "ar_step", "guidance", "shift", "addnoise",
-                "weights", "peer_model", "peer_steps"):
-        value = getattr(args, opt)
-        if value is not None:
-            parts += ["--" + opt.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    parts += _options(args, ("repeats", "steps", "frames", "window", "overlap", "ar_step", "guidance", "shift",
+                             "addnoise", "weights", "peer_model", "peer_steps"))
     if args.peers:
         parts.append("--peers")
     parts += ["--out", str(args.out)]
@@ -113,10 +117,8 @@ def _check_sampler_settings(settings) -> None:
 
 
 def add_bench_command(subparsers) -> None:
-    from mcgraph.cli.main import HelpFormatter
-
-    p = subparsers.add_parser(
-        "bench",
+    p = add_command(
+        subparsers, "bench",
         help="benchmark speed, FLOPs and fidelity of every cache policy (JSON, Markdown, plots)",
         description=(
             "Generate videos with the bundled reference model by diffusion forcing, uncached and under each cache "
@@ -127,20 +129,25 @@ def add_bench_command(subparsers) -> None:
             "'Results' section) and PNG plots. --peers adds diffusers' Wan transformer under diffusers' own cache "
             "hooks and mcgraph's policies. --from-json regenerates the reports and plots from an existing JSON."
         ),
-        formatter_class=HelpFormatter,
     )
+    _add_sweep_options(p)
+    _add_runtime_options(p)
+    p.set_defaults(func=run_bench_command)
+
+
+def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR", help="output folder")
     p.add_argument("--quick", action="store_true",
                    help="tiny sweep for CI (1 seed, 16 steps, 12 frames, one threshold per policy; < 2 minutes)")
     p.add_argument("--seeds", type=_csv(int, name="seed"), default=None, metavar="S1,S2,...",
                    help="seeds (scene and noise); default 0,1,2 (quick: 0)")
-    p.add_argument("--policies", type=_csv(str, POLICY_NAMES, "policy"), default=None, metavar="P1,P2,...",
-                   help="policies to run: " + ", ".join(POLICY_NAMES) + " (default: all)")
+    p.add_argument("--policies", type=_csv(str, POLICIES, "policy"), default=None, metavar="P1,P2,...",
+                   help="policies to run: " + ", ".join(POLICIES) + " (default: all)")
     p.add_argument("--thresholds", type=_threshold_spec, action="append", default=None, metavar="POLICY=T1,T2",
                    help="threshold sweep of one policy (repeatable), e.g. --thresholds motioncache=0.05,0.1,0.2; "
                         "default teacache=0.1,0.4, flowcache=0.05,0.1,0.2, motioncache=0.05,0.1,0.2 (quick: 0.1 each)")
-    p.add_argument("--motion-sources", type=_csv(str, SOURCE_NAMES, "motion source"), default=None,
-                   metavar="SRC,...", help="MotionCache motion_source values to compare: " + ", ".join(SOURCE_NAMES)
+    p.add_argument("--motion-sources", type=_csv(str, MOTION_SOURCES, "motion source"), default=None,
+                   metavar="SRC,...", help="MotionCache motion_source values to compare: " + ", ".join(MOTION_SOURCES)
                         + " (default: all; quick: hidden)")
     p.add_argument("--repeats", type=int, default=None, help="timed generations per run and thread count; the "
                                                              "median is reported (default 1)")
@@ -170,6 +177,9 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--readme", action="store_true", help="print the README 'Results' section when done")
     p.add_argument("--readme-plots-dir", default=None, metavar="PATH",
                    help="where the README finds the plots (relative to it); default: --out as given")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "runtime benchmark (--runtimes)",
         "Instead of the policy sweep: the same cached generation (one policy at one threshold, default "
@@ -179,43 +189,19 @@ def add_bench_command(subparsers) -> None:
         "Prints times and speedups (incl. ORT speedup / eager speedup, target >= 0.8), parity of the final "
         "latents, compile and export times, ONNX node counts and sizes; writes DIR/runtime_bench.json and "
         "DIR/runtime_report.md (ONNX files in DIR/onnx). --quick: 8 frames, 8 steps, buckets 0.5,1, aot_eager.")
-    g.add_argument("--runtimes", type=_csv(str, RUNTIME_NAMES, "runtime"), default=None, metavar="R1,R2,...",
-                   help="run the runtime benchmark with these runtimes: " + ", ".join(RUNTIME_NAMES)
+    g.add_argument("--runtimes", type=_csv(str, RUNTIMES, "runtime"), default=None, metavar="R1,R2,...",
+                   help="run the runtime benchmark with these runtimes: " + ", ".join(RUNTIMES)
                         + " (eager is always measured: it is the baseline)")
     g.add_argument("--compile-backend", choices=("inductor", "aot_eager", "eager"), default=None,
                    help="torch.compile backend of the compiled run (default inductor; quick: aot_eager)")
-    g.add_argument("--buckets", type=_buckets, default=None, metavar="F1,F2,...",
+    g.add_argument("--buckets", type=buckets, default=None, metavar="F1,F2,...",
                    help="capacity buckets of the bucketed, compiled and ONNX runs (default "
                         "0.125,0.25,0.375,0.5,0.75,1; quick: 0.5,1)")
-    p.set_defaults(func=run_bench_command)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    import json
-
-    from mcgraph.cli.main import UsageError
-
     if args.from_json is not None:
-        from mcgraph.bench.harness import markdown_report, results_section, validate, write_plots
-
-        data = json.loads(args.from_json.read_text())
-        validate(data)
-        args.out.mkdir(parents=True, exist_ok=True)
-        arts = data.setdefault("artifacts", {})
-        if not args.no_plots:
-            plots = write_plots(data, args.out)  # the frame strip needs the videos: kept if already there
-            strip = args.out / "strip.png"
-            if strip.is_file() and str(strip) not in plots:
-                plots.append(str(strip))
-            arts["plots"] = plots or arts.get("plots", [])
-        (args.out / "report.md").write_text(markdown_report(data) + "\n")
-        section = results_section(data, args.readme_plots_dir or str(args.out))
-        (args.out / "results.md").write_text(section + "\n")
-        print(f"wrote {args.out / 'report.md'} and {args.out / 'results.md'}")
-        if args.readme:
-            print(section)
-        return 0
-
+        return _rewrite_from_json(args)
     if args.runtimes is not None:
         return run_runtime_bench_command(args)
     if args.compile_backend is not None or args.buckets is not None:
@@ -223,26 +209,58 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mcgraph.bench.harness import BenchSettings, quick_settings, run_bench, write_outputs
+    from mcgraph.bench.report import write_outputs
+    from mcgraph.bench.run import run_bench
+
+    settings = _bench_settings(args)
+    torch.set_num_threads(settings.threads[0])
+    command = _command_line(args)
+    data = run_bench(settings, progress=not args.no_progress, command=command)
+    arts = write_outputs(data, args.out, plots=not args.no_plots,
+                         readme_plots_dir=args.readme_plots_dir or str(args.out))
+    print(f"wrote {arts['json']}, {arts['report']}, {arts['results']}"
+          + (f" and {len(arts['plots'])} plots" if arts["plots"] else ""))
+    print(f"elapsed {data['elapsed_s']:.1f} s")
+    if args.readme:
+        print((Path(arts["results"])).read_text())
+    return 0
+
+
+def _rewrite_from_json(args: argparse.Namespace) -> int:
+    """--from-json: report.md, results.md and the plots again from a bench.json."""
+    import json
+
+    from mcgraph.bench.plots import write_plots
+    from mcgraph.bench.report import markdown_report, results_section, validate
+
+    data = json.loads(args.from_json.read_text())
+    validate(data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    arts = data.setdefault("artifacts", {})
+    if not args.no_plots:
+        plots = write_plots(data, args.out)  # the frame strip needs the videos: kept if already there
+        strip = args.out / "strip.png"
+        if strip.is_file() and str(strip) not in plots:
+            plots.append(str(strip))
+        arts["plots"] = plots or arts.get("plots", [])
+    (args.out / "report.md").write_text(markdown_report(data) + "\n")
+    section = results_section(data, args.readme_plots_dir or str(args.out))
+    (args.out / "results.md").write_text(section + "\n")
+    print(f"wrote {args.out / 'report.md'} and {args.out / 'results.md'}")
+    if args.readme:
+        print(section)
+    return 0
+
+
+def _bench_settings(args: argparse.Namespace):
+    """The BenchSettings of the options given; UsageError for invalid ones."""
+    from mcgraph.bench.settings import BenchSettings, quick_settings
 
     over = {}
-    if args.seeds is not None:
-        over["seeds"] = args.seeds
-    if args.policies is not None:
-        over["policies"] = args.policies
-    if args.motion_sources is not None:
-        over["motion_sources"] = args.motion_sources
-    if args.repeats is not None:
-        over["repeats"] = args.repeats
-    if args.threads is not None:
-        over["threads"] = args.threads
-    for name, attr in (("steps", "steps"), ("frames", "frames"), ("window", "window_frames"),
-                       ("overlap", "overlap_frames"), ("ar_step", "ar_step"), ("guidance", "guidance_scale"),
-                       ("shift", "shift"), ("addnoise", "addnoise_condition"), ("peer_model", "peer_model"),
-                       ("peer_steps", "peer_steps")):
-        value = getattr(args, name)
-        if value is not None:
-            over[attr] = value
+    for name in ("seeds", "policies", "motion_sources", "repeats", "threads"):
+        if getattr(args, name) is not None:
+            over[name] = getattr(args, name)
+    over.update(schedule_overrides(args, _SCHEDULE_AND_PEERS))
     if args.weights is not None:
         over["weights"] = str(args.weights)
     over["peers"] = bool(args.peers)
@@ -257,17 +275,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         _check_sampler_settings(settings)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    torch.set_num_threads(settings.threads[0])
-    command = _command_line(args)
-    data = run_bench(settings, progress=not args.no_progress, command=command)
-    arts = write_outputs(data, args.out, plots=not args.no_plots,
-                         readme_plots_dir=args.readme_plots_dir or str(args.out))
-    print(f"wrote {arts['json']}, {arts['report']}, {arts['results']}"
-          + (f" and {len(arts['plots'])} plots" if arts["plots"] else ""))
-    print(f"elapsed {data['elapsed_s']:.1f} s")
-    if args.readme:
-        print((Path(arts["results"])).read_text())
-    return 0
+    return settings
 
 
 def _runtime_command_line(args: argparse.Namespace, settings) -> str:
@@ -281,20 +289,17 @@ def _runtime_command_line(args: argparse.Namespace, settings) -> str:
         value = getattr(args, opt)
         if value is not None:
             parts += ["--" + opt, ",".join(str(v) for v in value)]
-    for opt in ("compile_backend", "repeats", "steps", "frames", "window", "overlap", "ar_step", "guidance",
-                "shift", "addnoise", "weights"):
-        value = getattr(args, opt)
-        if value is not None:
-            parts += ["--" + opt.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    parts += _options(args, ("compile_backend", "repeats", "steps", "frames", "window", "overlap", "ar_step",
+                             "guidance", "shift", "addnoise", "weights"))
     if args.buckets is not None:
         parts += ["--buckets", ",".join(f"{b:g}" for b in args.buckets)]
     parts += ["--out", str(args.out)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def run_runtime_bench_command(args: argparse.Namespace) -> int:
-    """`mcgraph bench --runtimes ...`: see `mcgraph.bench.runtime_bench`."""
-    from mcgraph.cli.main import UsageError
+def _runtime_settings(args: argparse.Namespace):
+    """The RuntimeBenchSettings of the options given; UsageError for invalid ones or ones that do not apply."""
+    from mcgraph.bench.settings import RuntimeBenchSettings, quick_runtime_settings
 
     for name, given in (("--from-json", args.from_json is not None), ("--peers", args.peers),
                         ("--policies", args.policies is not None), ("--readme", args.readme),
@@ -319,29 +324,23 @@ def run_runtime_bench_command(args: argparse.Namespace) -> int:
         if over.get("policy", "motioncache") != "motioncache":
             raise UsageError("--motion-sources applies to motioncache only")
         over["motion_source"] = args.motion_sources[0]
-    for name, attr in (("steps", "steps"), ("frames", "frames"), ("window", "window_frames"),
-                       ("overlap", "overlap_frames"), ("ar_step", "ar_step"), ("guidance", "guidance_scale"),
-                       ("shift", "shift"), ("addnoise", "addnoise_condition"), ("repeats", "repeats"),
-                       ("compile_backend", "compile_backend"), ("buckets", "buckets")):
-        value = getattr(args, name)
-        if value is not None:
-            over[attr] = value
+    over.update(schedule_overrides(args, _SCHEDULE_AND_RUNTIME))
     if args.weights is not None:
         over["weights"] = str(args.weights)
-    from mcgraph.bench.runtime_bench import (
-        RuntimeBenchSettings,
-        quick_runtime_settings,
-        ratio_table,
-        run_runtime_bench,
-        runtime_table,
-        write_runtime_outputs,
-    )
-
     try:
         settings = quick_runtime_settings(**over) if args.quick else RuntimeBenchSettings(**over)
         _check_sampler_settings(settings)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    return settings
+
+
+def run_runtime_bench_command(args: argparse.Namespace) -> int:
+    """`mcgraph bench --runtimes ...`: see `mcgraph.bench.runtime_bench`."""
+    from mcgraph.bench.runtime_bench import run_runtime_bench
+    from mcgraph.bench.runtime_report import ratio_table, runtime_table, write_runtime_outputs
+
+    settings = _runtime_settings(args)
     if "onnx" in settings.runtimes:
         try:
             import onnxruntime  # noqa: F401

@@ -1,7 +1,7 @@
 """`mcgraph export`: write a cache-aware model as one ONNX file (static shapes, explicit cache state).
 
 Builds a built-in model (the bundled reference DiT by default, or one of `mcgraph.zoo.subjects`), optimises
-it with a caching policy (`mcgraph.cli.demo.make_cache_config`, the same settings as `mcgraph demo --cache`),
+it with a caching policy (`mcgraph.bench.settings.make_cache_config`, the same settings as `mcgraph demo --cache`),
 exports it with `mcgraph.export.onnx`, checks the file with ``onnx.checker`` and prints what was written.
 """
 
@@ -10,22 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mcgraph.cli.common import UsageError, add_command, buckets, nonnegative_float, nonnegative_int, positive_int
+
 REFERENCE_MODELS = ("reference", "reference-untrained")
 DEFAULT_REFERENCE_FRAMES = 16  # the demo's window
 
 
 def add_export_command(subparsers) -> None:
-    from mcgraph.cli.main import (
-        HelpFormatter,
-        _buckets,
-        _nonnegative_float,
-        _nonnegative_int,
-        _positive_int,
-    )
     from mcgraph.zoo.subjects import SUBJECT_NAMES
 
-    p = subparsers.add_parser(
-        "export",
+    p = add_command(
+        subparsers, "export",
         help="export a cache-aware model to ONNX (cache state as explicit inputs/outputs)",
         description=(
             "Optimise a built-in model with a caching policy and write it as one ONNX file: the model's tensor "
@@ -36,24 +31,23 @@ def add_export_command(subparsers) -> None:
             "drives like the model. Models: " + ", ".join(SUBJECT_NAMES) + " (reference: the bundled trained "
             "DiT, called as the demo calls it: batch 1, 12 x FRAMES x 16 x 16 latents)."
         ),
-        formatter_class=HelpFormatter,
     )
     p.add_argument("output", type=Path, metavar="FILE", help="the ONNX file to write (e.g. model.onnx)")
     p.add_argument("--model", default="reference", choices=SUBJECT_NAMES, help="built-in model to export")
     p.add_argument("--cache", default="motioncache", choices=("none", "teacache", "flowcache", "motioncache"),
                    help="caching policy compiled into the graph ('none' cannot be exported this way)")
-    p.add_argument("--threshold", type=_nonnegative_float, default=None,
+    p.add_argument("--threshold", type=nonnegative_float, default=None,
                    help="reuse threshold of the policy (default: the policy's, 0.1)")
-    p.add_argument("--buckets", type=_buckets, default=None, metavar="F1,F2,...",
+    p.add_argument("--buckets", type=buckets, default=None, metavar="F1,F2,...",
                    help="capacity buckets: fractions of the token count ending with 1, e.g. 0.25,0.5,1 "
                         "(default: 0.125,0.25,0.375,0.5,0.75,1); fewer buckets make a smaller graph")
     p.add_argument("--motion-source", default=None, metavar="SOURCE",
                    help="motioncache: hidden, latent, clean or residual (default: the config's)")
-    p.add_argument("--frames", type=_positive_int, default=None,
+    p.add_argument("--frames", type=positive_int, default=None,
                    help=f"frames of the example input, i.e. the window length the sampler will call the model "
                         f"with (default: {DEFAULT_REFERENCE_FRAMES} for the reference, the demo's window; else "
                         f"the model's example)")
-    p.add_argument("--steps", type=_positive_int, default=50,
+    p.add_argument("--steps", type=positive_int, default=50,
                    help="denoising steps of the schedule it will run (sets the policy's final_timestep)")
     p.add_argument("--shift", type=float, default=2.0, help="timestep shift of that schedule")
     p.add_argument("--weights", type=Path, default=None, metavar="FILE",
@@ -61,7 +55,7 @@ def add_export_command(subparsers) -> None:
     p.add_argument("--verify", action="store_true",
                    help="also run a few calls through ONNX Runtime and the eager model with the same buckets and "
                         "print the largest output difference")
-    p.add_argument("--threads", type=_nonnegative_int, default=0,
+    p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="torch / ONNX Runtime CPU threads (0: default)")
     p.set_defaults(func=run_export_command)
 
@@ -69,8 +63,6 @@ def add_export_command(subparsers) -> None:
 def build_subject(name: str, frames: int | None, weights: Path | None):
     """(model, example kwargs, description) of a built-in model, called as the sampler calls it."""
     import torch
-
-    from mcgraph.cli.main import UsageError
 
     if weights is not None and name != "reference":
         raise UsageError(f"--weights applies to --model reference only, not {name!r}")
@@ -112,8 +104,6 @@ def _shapes(kwargs: dict) -> str:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    from mcgraph.cli.main import UsageError
-
     if args.cache == "none":
         raise UsageError("--cache none has no cache to export; pick teacache, flowcache or motioncache (the "
                          "uncached model exports with plain torch.onnx.export)")
@@ -129,9 +119,9 @@ def run_export_command(args: argparse.Namespace) -> int:
 
     import mcgraph
 
-    from mcgraph.cli.demo import DemoSettingsError, make_cache_config
-    from mcgraph.export import export_onnx
     from mcgraph.bench.runtimes import graph_config, quiet_export
+    from mcgraph.bench.settings import SettingsError, make_cache_config
+    from mcgraph.export import export_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,12 +129,12 @@ def run_export_command(args: argparse.Namespace) -> int:
         config = graph_config(make_cache_config(args.cache, steps=args.steps, shift=args.shift,
                                                 threshold=args.threshold, motion_source=args.motion_source,
                                                 capacity_buckets=args.buckets))
-    except DemoSettingsError as e:
+    except SettingsError as e:
         raise UsageError(str(e)) from None
     model, kwargs, description = build_subject(args.model, args.frames, args.weights)
     print(f"model: {description}; example inputs: {_shapes(kwargs)}")
-    buckets = ",".join(f"{b:g}" for b in config.capacity_buckets)
-    print(f"cache: {config.policy} threshold {config.threshold:g}, capacity buckets {buckets}")
+    bucket_text = ",".join(f"{b:g}" for b in config.capacity_buckets)
+    print(f"cache: {config.policy} threshold {config.threshold:g}, capacity buckets {bucket_text}")
     opt = mcgraph.optimize(model, config, (), kwargs)
     with quiet_export():
         info = export_onnx(opt, args.output, example_kwargs=kwargs, check=False)
@@ -170,8 +160,8 @@ def verify(opt, path, kwargs: dict, *, threads: int | None = None, calls: int = 
     import torch
     import torch.utils._pytree as pytree
 
-    from mcgraph.export import OrtSession
     from mcgraph.bench.runtimes import quiet_export
+    from mcgraph.export import OrtSession
 
     with quiet_export():
         session = OrtSession(path, threads=threads)

@@ -7,13 +7,14 @@ import importlib
 import json
 from pathlib import Path
 
+from mcgraph.cli.common import UsageError, add_command
+
 
 def add_inspect_command(subparsers) -> None:
-    from mcgraph.cli.main import HelpFormatter
     from mcgraph.zoo.subjects import SUBJECT_NAMES
 
-    p = subparsers.add_parser(
-        "inspect",
+    p = add_command(
+        subparsers, "inspect",
         help="show the blocks, token grid, attention sites and token-axis values found in a model",
         description=(
             "Capture a model with torch.export (symbolic shapes) and run mcgraph's structural analyses on it. "
@@ -21,7 +22,6 @@ def add_inspect_command(subparsers) -> None:
             "Built-in subjects: " + ", ".join(SUBJECT_NAMES) + ". Your own model: --factory module:function, "
             "where the function returns (model, example_kwargs)."
         ),
-        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="reference", choices=SUBJECT_NAMES, help="built-in subject to inspect")
@@ -34,8 +34,6 @@ def add_inspect_command(subparsers) -> None:
 
 
 def _load_factory(spec: str):
-    from mcgraph.cli.main import UsageError
-
     if ":" not in spec:
         raise UsageError(f"--factory must look like module:function, got {spec!r}")
     module, func = spec.split(":", 1)

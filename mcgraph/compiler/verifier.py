@@ -9,6 +9,8 @@ they are verified in turn, recursively, and need no metadata on the `get_attr` i
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx
 
@@ -54,5 +56,7 @@ def verify_graph(gm: torch.fx.GraphModule, pass_name: str = "verifier", meta_key
             continue
         if meta_key is not None and _needs_val(node) and meta_key not in node.meta:
             raise VerificationError(pass_name, f"node has no shape metadata (meta[{meta_key!r}])", node)
-        if dangling and node.op == "call_function" and not node.users and not node.is_impure():
+        # an unused element of a multi-output node (operator.getitem) is unpacking, not a forgotten rewrite
+        if (dangling and node.op == "call_function" and not node.users and not node.is_impure()
+                and node.target is not operator.getitem):
             raise VerificationError(pass_name, "dangling node: its result is never used", node)

@@ -19,6 +19,7 @@ torch.compile backend), `dump_dir` (graphs before/after every pass).
 
 from __future__ import annotations
 
+import re
 import warnings
 import weakref
 
@@ -110,8 +111,9 @@ class BackendRuntime:
         # runtime built for the same weights must see one cache state, or the contexts would split between them
         weights = [getattr(lowered, name) for kind, name in lowered.slots if kind == "weight"]
         config = optimized.mcgraph_config
-        self.session = CacheSession(f"{type(lowered).__name__} (backend 'mcgraph')",
-                                    list(self.spec.step.graphs.input_names) if self.spec.step else [],
+        # dynamo names the user's inputs l_<name>_: messages use the argument names the user wrote
+        names = [re.sub(r"^l_(.+)_$", r"\1", n) for n in (self.spec.step.graphs.input_names if self.spec.step else [])]
+        self.session = CacheSession(f"{type(lowered).__name__} (backend 'mcgraph')", names,
                                     max_cache_bytes=getattr(config, "max_cache_bytes", None), global_contexts=True,
                                     states=_shared_states(weights[0]) if weights else None)
         self.runner = CompiledRunner(self.spec.graph, self.compiled) if self.spec.graph is not None else None

@@ -86,11 +86,31 @@ def _vote(mask: torch.Tensor, frames: int, chunk_frames: int, threshold: float) 
 
 
 # --------------------------------------------------------------------------------------------- inputs
-@dataclass
 class Distances:
-    token: torch.Tensor  # [B, L]
-    chunk: torch.Tensor  # [B, L]
-    sample: torch.Tensor  # [B]
+    """Relative L1 change of the indicator per token, chunk and sample, each computed only when a policy reads
+    it (a traced graph then holds only what the policy uses)."""
+
+    def __init__(self, num: torch.Tensor, den: torch.Tensor, frames: int, chunk_frames: int):
+        self.num, self.den, self.frames, self.chunk_frames = num, den, frames, chunk_frames
+        self._memo: dict = {}  # not functools.cached_property: its lock is not traceable by dynamo
+
+    def _once(self, key: str, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @property
+    def token(self) -> torch.Tensor:  # [B, L]
+        return self._once("token", lambda: self.num / (self.den + 1e-8))
+
+    @property
+    def chunk(self) -> torch.Tensor:  # [B, L]
+        f, c = self.frames, self.chunk_frames
+        return self._once("chunk", lambda: chunk_mean(self.num, f, c) / (chunk_mean(self.den, f, c) + 1e-8))
+
+    @property
+    def sample(self) -> torch.Tensor:  # [B]
+        return self._once("sample", lambda: self.num.mean(1) / (self.den.mean(1) + 1e-8))
 
 
 @dataclass

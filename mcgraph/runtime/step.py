@@ -24,7 +24,7 @@ import torch
 from mcgraph.compiler.cache_build import StepGraphs
 from mcgraph.config import ReuseConfig
 from mcgraph.errors import McGraphError
-from mcgraph.runtime.policies import CallView, Distances, chunk_mean, policy_for
+from mcgraph.runtime.policies import CallView, Distances, policy_for
 
 DEFAULT_GRAPH_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 
@@ -188,10 +188,7 @@ class CacheStep:
     def distances(self, front: Front, state: dict) -> Distances:
         num = (front.indicator - state["indicator"]).abs().mean(-1).float()  # [B, L]
         den = state["indicator"].abs().mean(-1).float()
-        f, c = front.frames, self.chunk_frames
-        return Distances(token=num / (den + 1e-8),
-                         chunk=chunk_mean(num, f, c) / (chunk_mean(den, f, c) + 1e-8),
-                         sample=num.mean(1) / (den.mean(1) + 1e-8))
+        return Distances(num, den, front.frames, self.chunk_frames)
 
     def final_step(self, flat, front: Front, state: dict) -> torch.Tensor:
         """[B, L] bool: the token's timestep *drops* into (0, final_timestep] this call (its final denoising

@@ -74,5 +74,5 @@ class StepGraph(torch.nn.Module):
 def assert_finite_in_graph(flat, names) -> None:
     for name, value in zip(names, flat):
         if isinstance(value, torch.Tensor) and value.is_floating_point():
-            torch._assert_async(torch.isfinite(value).all(), f"mcgraph: input {name!r} contains NaN or Inf; "
-                                "refused before the cache state was touched")
+            torch._assert_async(torch.isfinite(value).all(), f"mcgraph: input {name!r} contains NaN or Inf; the "
+                                "call was refused before the cache state was touched")

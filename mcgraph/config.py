@@ -180,3 +180,19 @@ class MotionCacheConfig(ReuseConfig):
         require(0 <= self.min_update_ratio <= 1, self, "min_update_ratio", "must be in [0, 1]")
         require(self.placebo_seed is None or (isinstance(self.placebo_seed, int) and self.placebo_seed >= 0), self,
                 "placebo_seed", "must be None or an int >= 0")
+
+
+@dataclass(frozen=True)
+class OracleConfig(ReuseConfig):
+    """A benchmark control, not a cache: every call computes the full stack, then keeps fresh only the
+    `fraction` of tokens whose true block-stack residual changed most since they were last refreshed (plus
+    warm-up, final-step and never-computed tokens); the rest reuse their cached residual. Keys and values are
+    always fresh. Its quality at a token fraction is the headroom any selection rule has there."""
+
+    policy: ClassVar[str] = "oracle"
+    abstract: ClassVar[bool] = False
+    fraction: float = 0.3
+
+    def validate(self) -> None:
+        super().validate()
+        require(0 < self.fraction <= 1, self, "fraction", "must be in (0, 1]")

@@ -48,7 +48,8 @@ class StackSplit:
     out_spec: object = None
 
 
-def _is_shape_assert(node: torch.fx.Node) -> bool:
+def is_shape_assert(node: torch.fx.Node) -> bool:
+    """An export shape assertion (true of the full token count only, so left out of recomputed subsets)."""
     return is_op(node, *SHAPE_ASSERTS)
 
 
@@ -66,9 +67,120 @@ def arg_lookup(g: torch.fx.Graph, env: dict) -> callable:
     return lookup
 
 
-def _new_module(root: torch.fx.GraphModule, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+def new_module(root: torch.fx.GraphModule, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """A GraphModule of `graph` (linted first) owning `root`'s parameters."""
     graph.lint()
     return torch.fx.GraphModule(root, graph)
+
+
+
+
+@dataclass
+class _Groups:
+    """The original graph's nodes sorted into the three parts, and the values that cross between them."""
+
+    nodes: list[torch.fx.Node]  # graph order
+    stack: set[torch.fx.Node]  # the blocks' nodes
+    pre: list[torch.fx.Node]  # before the stack (graph order): becomes the prologue
+    post: set[torch.fx.Node]  # depends on the stack's output: becomes the epilogue (with `output`)
+    output: torch.fx.Node
+    stream_in: torch.fx.Node
+    stream_out: torch.fx.Node
+    stack_inputs: list[torch.fx.Node]  # pre values the blocks read
+    epilogue_inputs: list[torch.fx.Node]  # pre values the head reads (besides the stream)
+
+    @property
+    def boundary(self) -> list[torch.fx.Node]:
+        """Everything the prologue hands on: stack inputs first, then what only the head reads."""
+        return list(dict.fromkeys(self.stack_inputs + self.epilogue_inputs))
+
+    @property
+    def stack_order(self) -> list[torch.fx.Node]:
+        return [n for n in self.nodes if n in self.stack]
+
+
+def _used_by(nodes: list[torch.fx.Node], group, pre_set: set[torch.fx.Node]) -> list[torch.fx.Node]:
+    """Values computed in `pre_set` (parameters aside) that nodes of `group` read, in first-use order."""
+    seen = []
+    for n in nodes:
+        if n in group:
+            for a in n.all_input_nodes:
+                if a in pre_set and a.op != "get_attr" and a not in seen:
+                    seen.append(a)
+    return seen
+
+
+def _indicator_nodes(groups: _Groups, indicator: torch.fx.Node) -> list[torch.fx.Node]:
+    """The stack nodes the indicator depends on (itself included), in graph order: the prologue recomputes
+    them from boundary values."""
+    ind_nodes = []
+    needed = {indicator}
+    for n in reversed(groups.stack_order):
+        if n in needed:
+            ind_nodes.append(n)
+            needed.update(a for a in n.all_input_nodes if a in groups.stack)
+    ind_nodes.reverse()
+    return ind_nodes
+
+
+def _build_prologue(gm, groups: _Groups, indicator: torch.fx.Node, ind_nodes) -> torch.fx.GraphModule:
+    """prologue(flat inputs) -> (boundary values..., indicator)."""
+    g = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for n in groups.pre:
+        env[n] = g.node_copy(n, arg_lookup(g, env))
+    for n in ind_nodes:
+        # the indicator path is recomputed for whatever tokens the prologue sees; export's shape
+        # assertions inside the blocks would pin it to the full token count
+        if not is_shape_assert(n):
+            env[n] = g.node_copy(n, arg_lookup(g, env))
+    g.output(tuple(env[b] for b in groups.boundary) + (env[indicator],))
+    return new_module(gm, g)
+
+
+def _build_stack(gm, groups: _Groups) -> tuple[torch.fx.GraphModule, list[torch.fx.Node]]:
+    """stack(stack inputs...) -> (h_L, K_0, V_0, ...), and the original self-attention nodes in cache order."""
+    g = torch.fx.Graph()
+    env = {b: g.placeholder(b.name) for b in groups.stack_inputs}
+    for b in groups.stack_inputs:
+        env[b].meta = dict(b.meta)
+    sdpas = []
+    for n in groups.stack_order:
+        env[n] = g.node_copy(n, arg_lookup(g, env))
+        if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
+            sdpas.append(n)
+    kv = [env[x] for n in sdpas for x in n.args[1:3]]
+    g.output((env[groups.stream_out], *kv))
+    return new_module(gm, g), sdpas
+
+
+def _build_epilogue(gm, groups: _Groups) -> torch.fx.GraphModule:
+    """epilogue(h_L, epilogue inputs...) -> the original flat outputs."""
+    g = torch.fx.Graph()
+    stream_out = groups.stream_out
+    env = {stream_out: g.placeholder("stack_output")}
+    env[stream_out].meta = dict(stream_out.meta)
+    for b in groups.epilogue_inputs:
+        env[b] = g.placeholder(b.name)
+        env[b].meta = dict(b.meta)
+    for n in groups.nodes:
+        if n in groups.post:
+            env[n] = g.node_copy(n, arg_lookup(g, env))
+    g.output(torch.fx.node.map_arg(groups.output.args[0], arg_lookup(g, env)))
+    return new_module(gm, g)
+
+
+def _mask_inputs(sdpas: list[torch.fx.Node], stack: set[torch.fx.Node]) -> set[str]:
+    """Names of the values the self-attentions use as masks, traced back through pass-through ops inside the
+    stack to the (boundary) value they come from."""
+    masks = set()
+    for n in sdpas:
+        mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
+        while isinstance(mask, torch.fx.Node) and mask in stack and is_op(mask, *PASS_THROUGH):
+            mask = mask.args[0]
+        if isinstance(mask, torch.fx.Node):
+            masks.add(mask.name)
+    return masks
 
 
 class SplitStack(GraphPass):
@@ -81,8 +193,32 @@ class SplitStack(GraphPass):
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
         st = structure_of(gm)
+        by_name = {n.name: n for n in gm.graph.nodes}
+        groups = self._groups(gm, st, by_name)
+        indicator = self._indicator(st, by_name)
+        prologue = _build_prologue(gm, groups, indicator, _indicator_nodes(groups, indicator))
+        stack_gm, sdpas = _build_stack(gm, groups)
+        epilogue = _build_epilogue(gm, groups)
+
+        boundary = groups.boundary
+        info = gm.graph._codegen.pytree_info if hasattr(gm.graph._codegen, "pytree_info") else None
+        split = StackSplit(
+            prologue=prologue, stack=stack_gm, epilogue=epilogue,
+            boundary=[b.name for b in boundary], stack_inputs=[b.name for b in groups.stack_inputs],
+            epilogue_inputs=[b.name for b in groups.epilogue_inputs], stream_input=groups.stream_in.name,
+            self_attention=[n.name for n in sdpas],
+            token_dims={b.name: b.meta[TOKEN_DIMS] for b in boundary if TOKEN_DIMS in b.meta},
+            mask_inputs=_mask_inputs(sdpas, groups.stack),
+            in_spec=info.in_spec if info else None, out_spec=info.out_spec if info else None,
+        )
+        return PassResult(gm, modified=False, product=split,
+                          info={"prologue_nodes": len(groups.pre), "stack_nodes": len(groups.stack),
+                                "epilogue_nodes": len(groups.post)})
+
+    def _groups(self, gm: torch.fx.GraphModule, st, by_name: dict[str, torch.fx.Node]) -> _Groups:
+        """Sort the nodes into prologue / stack / epilogue; fail where the stack is not one cacheable unit
+        (the head reading inside a block, a block reading something computed after the stack)."""
         nodes = list(gm.graph.nodes)
-        by_name = {n.name: n for n in nodes}
         stack = {by_name[name] for b in st.blocks for name in b.nodes}
         stream_in = by_name[st.blocks[0].stream_input]
         stream_out = by_name[st.blocks[-1].stream_output]
@@ -107,92 +243,17 @@ class SplitStack(GraphPass):
                 if a not in stack and a not in pre_set:
                     self.fail(f"block node reads {a.name!r} which is computed after the stack", n)
 
-        def used_by(group) -> list[torch.fx.Node]:
-            seen = []
-            for n in nodes:
-                if n in group:
-                    for a in n.all_input_nodes:
-                        if a in pre_set and a.op != "get_attr" and a not in seen:
-                            seen.append(a)
-            return seen
-
-        stack_inputs = used_by(stack)
-        epilogue_inputs = [a for a in used_by(post | {output}) if a is not stream_out]
+        stack_inputs = _used_by(nodes, stack, pre_set)
+        epilogue_inputs = [a for a in _used_by(nodes, post | {output}, pre_set) if a is not stream_out]
         if stream_in not in stack_inputs:
             self.fail(f"the stream input {stream_in.name!r} is not produced before the stack", stream_in)
-        boundary = list(dict.fromkeys(stack_inputs + epilogue_inputs))
+        return _Groups(nodes, stack, pre, post, output, stream_in, stream_out, stack_inputs, epilogue_inputs)
 
-        # indicator: block 0's self-attention query input, recomputed in the prologue from boundary values
+    def _indicator(self, st, by_name: dict[str, torch.fx.Node]) -> torch.fx.Node:
+        """Block 0's self-attention query input: per token, it changes exactly when that token's latent or
+        timestep does, so the per-token step distance is measured on it (the prologue recomputes it)."""
         site0 = next(a for a in st.self_attention if a.block == 0)
         indicator = by_name[site0.query_input]
         if TOKEN_DIMS not in indicator.meta or indicator.meta[TOKEN_DIMS] != (1,):
             self.fail("block 0's self-attention input is not a [B, tokens, D] value", indicator)
-        ind_nodes = []
-        stack_order = [n for n in nodes if n in stack]
-        needed = {indicator}
-        for n in reversed(stack_order):
-            if n in needed:
-                ind_nodes.append(n)
-                needed.update(a for a in n.all_input_nodes if a in stack)
-        ind_nodes.reverse()
-
-        # prologue
-        g = torch.fx.Graph()
-        env: dict[torch.fx.Node, torch.fx.Node] = {}
-        for n in pre:
-            env[n] = g.node_copy(n, arg_lookup(g, env))
-        for n in ind_nodes:
-            if not _is_shape_assert(n):
-                env[n] = g.node_copy(n, arg_lookup(g, env))
-        g.output(tuple(env[b] for b in boundary) + (env[indicator],))
-        prologue = _new_module(gm, g)
-
-        # full stack, returning every self-attention's K and V
-        g = torch.fx.Graph()
-        env = {b: g.placeholder(b.name) for b in stack_inputs}
-        for b in stack_inputs:
-            env[b].meta = dict(b.meta)
-        sdpas = []
-        for n in stack_order:
-            env[n] = g.node_copy(n, arg_lookup(g, env))
-            if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
-                sdpas.append(n)
-        kv = [env[x] for n in sdpas for x in n.args[1:3]]
-        g.output((env[stream_out], *kv))
-        stack_gm = _new_module(gm, g)
-
-        # epilogue
-        g = torch.fx.Graph()
-        env = {stream_out: g.placeholder("stack_output")}
-        env[stream_out].meta = dict(stream_out.meta)
-        for b in epilogue_inputs:
-            env[b] = g.placeholder(b.name)
-            env[b].meta = dict(b.meta)
-        for n in nodes:
-            if n in post:
-                env[n] = g.node_copy(n, arg_lookup(g, env))
-        g.output(torch.fx.node.map_arg(output.args[0], arg_lookup(g, env)))
-        epilogue = _new_module(gm, g)
-
-        masks = set()
-        for n in sdpas:
-            mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
-            while isinstance(mask, torch.fx.Node) and mask in stack and is_op(mask, *PASS_THROUGH):
-                mask = mask.args[0]
-            if isinstance(mask, torch.fx.Node):
-                masks.add(mask.name)
-
-        info = gm.graph._codegen.pytree_info if hasattr(gm.graph._codegen, "pytree_info") else None
-        split = StackSplit(
-            prologue=prologue, stack=stack_gm, epilogue=epilogue,
-            boundary=[b.name for b in boundary], stack_inputs=[b.name for b in stack_inputs],
-            epilogue_inputs=[b.name for b in epilogue_inputs], stream_input=stream_in.name,
-            self_attention=[n.name for n in sdpas],
-            token_dims={b.name: b.meta[TOKEN_DIMS] for b in boundary if TOKEN_DIMS in b.meta},
-            mask_inputs=masks,
-            in_spec=info.in_spec if info else None, out_spec=info.out_spec if info else None,
-        )
-        return PassResult(gm, modified=False, product=split,
-                          info={"prologue_nodes": len(pre), "stack_nodes": len(stack), "epilogue_nodes": len(post)})
-
-
+        return indicator

@@ -30,7 +30,7 @@ from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_symbolic, same_size
 from mcgraph.compiler.structure import ATTENTION
 
-from mcgraph.passes.split_stack import StackSplit, _is_shape_assert, _new_module, arg_lookup
+from mcgraph.passes.split_stack import StackSplit, arg_lookup, is_shape_assert, new_module
 
 
 @dataclass
@@ -99,7 +99,7 @@ class TokenSubsetStack(GraphPass):
         new_caches = []
         layer = 0
         for n in src:
-            if n.op in ("placeholder", "output") or _is_shape_assert(n):
+            if n.op in ("placeholder", "output") or is_shape_assert(n):
                 continue
             if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
                 q, k, v = (env[a] for a in n.args[:3])
@@ -124,7 +124,7 @@ class TokenSubsetStack(GraphPass):
         h_out = env[out.args[0][0]]
         g.output((h_out, *new_caches))
         g.eliminate_dead_code()
-        gm = _new_module(stack, g)
+        gm = new_module(stack, g)
         if self.example_inputs is not None:
             # K/V caches are written in place by the in-place form: run it on copies
             propagate(gm, *[t.clone() if isinstance(t, torch.Tensor) else t for t in self.example_inputs])

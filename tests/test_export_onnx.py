@@ -119,7 +119,7 @@ def test_session_rejects_bad_input(tmp_path):
     info = mcgraph.export.onnx(opt, tmp_path / "ref.onnx", example_kwargs=kwargs)
     session = mcgraph.export.OrtSession(info.path, threads=1)
     session(**kwargs)
-    state_before = [a.copy() for a in session.cache.states["default"][1]]
+    state_before = [a.copy() for a in session.cache_session.states["default"][1]]
     bad = dict(kwargs, hidden_states=torch.randn(1, 12, 8, 16, 16), timesteps=torch.rand(1, 8))
     with pytest.raises(McGraphError, match="hidden_states.*exported"):
         session(**bad)
@@ -129,7 +129,7 @@ def test_session_rejects_bad_input(tmp_path):
     with pytest.raises(TypeError, match="unexpected argument"):
         session(**kwargs, extra=1)
     # nothing was lost: the state is untouched by the rejected calls
-    assert all(np.array_equal(a, b) for a, b in zip(state_before, session.cache.states["default"][1]))
+    assert all(np.array_equal(a, b) for a, b in zip(state_before, session.cache_session.states["default"][1]))
 
 
 def test_export_refuses_models_without_a_cache(tmp_path):

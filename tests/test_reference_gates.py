@@ -4,7 +4,6 @@ and the shipped weights' current numbers are documented."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import numpy as np

@@ -31,7 +31,7 @@ def test_engine_matches_onnx_runtime(tmp_path):
     for _ in range(2):  # first call computes everything, the identical second one reuses
         feeds = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
         ort_feeds = {**{k: v.numpy() for k, v in feeds.items()}, **{f"state_{n}": s for n, s in zip(names, state)}}
-        ort_out = dict(zip(session.output_names, session.session.run(None, ort_feeds)))
+        ort_out = dict(zip(session.output_names, session.ort.run(None, ort_feeds)))
         trt_out = trt_route.run_engine(engine, {k: torch.from_numpy(v).cuda() for k, v in ort_feeds.items()})
         assert torch.allclose(trt_out["output_0"].cpu(), torch.from_numpy(ort_out["output_0"]), atol=1e-3)
         assert int(trt_out["mcgraph_executed"]) == int(ort_out["mcgraph_executed"])

@@ -25,7 +25,7 @@ import mcgraph
 import mcgraph.runtime.backend
 from mcgraph.config import MotionCacheConfig
 from mcgraph.video.sampler import sample
-from mcgraph.runtime.step_graph import DEFAULT_GRAPH_BUCKETS
+from mcgraph.runtime.step import DEFAULT_GRAPH_BUCKETS
 from mcgraph.zoo import scenes
 from mcgraph.zoo.weights import load_reference
 

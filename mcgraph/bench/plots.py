@@ -1,4 +1,5 @@
-"""The benchmark's plots: ``pareto.png`` (speedup vs PSNR with a Pareto front per policy),
+"""The benchmark's plots: ``pareto.png`` (speedup vs PSNR with a Pareto front per policy; timed runs only),
+``tokens_psnr.png`` (PSNR vs tokens computed per series, with the matched-compute means and intervals),
 ``computed_fraction.png`` (tokens computed per row) and ``strip.png`` (uncached / FlowCache / MotionCache
 frames at about equal speed). matplotlib is optional: without it no plot is written."""
 
@@ -15,8 +16,10 @@ __all__ = ["write_plots"]
 def _series_style(series: str) -> dict:
     colours = {"none": "black", "teacache": "tab:orange", "flowcache": "tab:blue", "motioncache[hidden]": "tab:red",
                "motioncache[latent]": "tab:green", "motioncache[clean]": "tab:purple",
-               "motioncache[residual]": "tab:brown"}
-    markers = {"none": "x", "teacache": "s", "flowcache": "o"}
+               "motioncache[residual]": "tab:brown", "oracle": "gold"}
+    markers = {"none": "x", "teacache": "s", "flowcache": "o", "oracle": "*"}
+    if series.startswith("placebo["):
+        return {"color": "gray", "marker": "v"}
     return {"color": colours.get(series, "gray"), "marker": markers.get(series, "^")}
 
 
@@ -30,6 +33,7 @@ def write_plots(data: dict, out: Path, videos: dict | None = None) -> list[str]:
     except ImportError:
         return []
     written = [_pareto_plot(plt, data, out)]
+    written += _tokens_plot(plt, data, out)
     written += _fraction_plot(plt, data, out)
     written += _strip_plot(plt, data, out, videos)
     return written
@@ -45,7 +49,7 @@ def _save(plt, fig, path: Path) -> str:
 def _pareto_plot(plt, data: dict, out: Path) -> str:
     """Speedup vs PSNR with a Pareto front per series."""
     t = str(data["generation"]["primary_threads"])
-    runs = data["runs"]
+    runs = [r for r in data["runs"] if r["summary"]["speedup"]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     finite = [v for v in (db_value(r["summary"]["psnr"]) for r in runs) if math.isfinite(v)]
     cap = (max(finite) + 3) if finite else 60.0
@@ -70,6 +74,35 @@ def _pareto_plot(plt, data: dict, out: Path) -> str:
     return _save(plt, fig, out / "pareto.png")
 
 
+def _tokens_plot(plt, data: dict, out: Path) -> list[str]:
+    """PSNR vs tokens computed (mean over seeds) per series; matched-compute means with 95 % intervals."""
+    runs = [r for r in data["runs"] if r["policy"] != "none" and r["summary"]["executed_fraction"] is not None]
+    if not runs:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for series in dict.fromkeys(r["series"] for r in runs):
+        rs = sorted((r for r in runs if r["series"] == series), key=lambda r: r["summary"]["executed_fraction"])
+        st = _series_style(series)
+        xs = [r["summary"]["executed_fraction"] for r in rs]
+        ys = [min(100.0, db_value(r["summary"]["psnr"])) for r in rs]
+        ax.plot(xs, ys, color=st["color"], marker=st["marker"], lw=1, alpha=0.7, label=series)
+        match = next((s for s in (data.get("matched_compute") or {}).get("series", []) if s["series"] == series),
+                     None)
+        for p in (match or {}).get("points", []):
+            ps = p["psnr"]
+            if ps["mean"] is not None and ps["lo"] is not None:
+                ax.errorbar([p["target"]], [ps["mean"]], yerr=[[ps["mean"] - ps["lo"]], [ps["hi"] - ps["mean"]]],
+                            color=st["color"], capsize=3, lw=1.5)
+    for t in (data.get("matched_compute") or {}).get("targets", []):
+        ax.axvline(t, color="gray", lw=0.6, ls=":")
+    ax.set_xlabel("tokens computed (fraction, mean over seeds)")
+    ax.set_ylabel("PSNR vs uncached (dB)")
+    ax.set_title("Fidelity vs compute (bars: matched-compute mean, 95 % interval)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return [_save(plt, fig, out / "tokens_psnr.png")]
+
+
 def _fraction_plot(plt, data: dict, out: Path) -> list[str]:
     """Computed fraction per row, one panel per series, one line per threshold."""
     runs = data["runs"]
@@ -83,7 +116,8 @@ def _fraction_plot(plt, data: dict, out: Path) -> list[str]:
         rs = [r for r in runs if r["series"] == series]
         for r in rs:
             ys = r["per_row_executed_fraction"]
-            ax.plot(range(len(ys)), ys, lw=1, label=f"τ={r['threshold']:g}")
+            tag = f"τ={r['threshold']:g}" if r["threshold"] is not None else f"f={r.get('fraction') or 0:g}"
+            ax.plot(range(len(ys)), ys, lw=1, label=tag)
         if active:
             ax.plot(range(len(active)), active, color="gray", ls="--", lw=0.8, label="frames stepped")
         ax.set_ylabel("computed")

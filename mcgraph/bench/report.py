@@ -1,6 +1,7 @@
 """The benchmark's outputs: ``bench.json`` (every figure plus the environment; validated against
 ``mcgraph/bench/schema.json``), ``report.md`` (tables), ``results.md`` (the README "Results" section) and
-the plots (`mcgraph.bench.plots`), all generated from the result dict alone."""
+the plots (`mcgraph.bench.plots`), all generated from the result dict alone. The matched-compute table comes
+from `mcgraph.bench.matched`, the cached-video gate table from `mcgraph.bench.video_gates`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import statistics
 from pathlib import Path
 
+from mcgraph.bench.matched import matched_intro, matched_table
 from mcgraph.bench.plots import write_plots
 from mcgraph.bench.summary import equal_speed_pair, fmt, psnr_cell
+from mcgraph.bench.video_gates import gates_intro, gates_table
 
 __all__ = ["SCHEMA_PATH", "load_schema", "markdown_report", "markdown_table", "peers_table",
            "results_section", "validate", "write_outputs"]
@@ -28,13 +31,24 @@ def validate(data: dict) -> None:
     jsonschema.validate(data, load_schema())
 
 
+def _at(d: dict | None, t: str):
+    """d[t], or None for an untimed run (d None)."""
+    return d[t] if d else None
+
+
+def _times(v) -> str:
+    """A ratio cell: 1.23× (— when missing)."""
+    return fmt(v) + "×" if v is not None else "—"
+
+
 def _table_rows(data: dict) -> list[dict]:
     t = str(data["generation"]["primary_threads"])
     out = []
     for r in data["runs"]:
         s = r["summary"]
-        out.append({"run": r, "speedup": s["speedup"][t], "flop_speedup": s["flop_speedup"],
-                    "efficiency": s["efficiency"][t]})
+        timed = r.get("timed", True)
+        out.append({"run": r, "speedup": _at(s["speedup"], t), "flop_speedup": s["flop_speedup"] if timed else None,
+                    "efficiency": _at(s["efficiency"], t)})
     return out
 
 
@@ -53,14 +67,14 @@ def markdown_table(data: dict, compact: bool = False) -> str:
     for row in _table_rows(data):
         r, s = row["run"], row["run"]["summary"]
         name = r["series"] + (" ★" if r.get("pareto_overall") else "")
-        cells = [name, fmt(r["threshold"], "g"), fmt(row["speedup"], ".2f") + "×",
-                 fmt(row["flop_speedup"], ".2f") + "×", fmt(row["efficiency"], ".2f"),
+        tau = fmt(r["threshold"], "g") if r.get("fraction") is None else f"f={r['fraction']:g}"
+        cells = [name, tau, _times(row["speedup"]), _times(row["flop_speedup"]), fmt(row["efficiency"], ".2f"),
                  fmt(100 * s["executed_fraction"], ".1f") + "%" if s["executed_fraction"] is not None else "—",
                  psnr_cell(s), psnr_cell(s, "psnr_moving"), psnr_cell(s, "psnr_static"), fmt(s["ssim"], ".4f")]
         if not compact:
             cells += [fmt(s["ssim_moving"], ".4f"), fmt(s["ssim_static"], ".4f"),
                       fmt(s["latent_rel_error"], ".4f"), fmt(s["peak_cache_bytes"] / 2**20, ".1f"),
-                      fmt(s["wall_s"][t], ".2f")]
+                      fmt(_at(s["wall_s"], t), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,7 +109,7 @@ def _highlights(data: dict) -> list[str]:
     t = str(data["generation"]["primary_threads"])
     out = []
     runs = data["runs"]
-    cached = [r for r in runs if r["policy"] != "none"]
+    cached = [r for r in runs if r["policy"] != "none" and r["summary"]["efficiency"]]
     if cached:
         eff = [r["summary"]["efficiency"][t] for r in cached]
         out.append(f"Efficiency (wall speedup / FLOP speedup) of the cached runs: {min(eff):.2f} to {max(eff):.2f}, "
@@ -125,6 +139,29 @@ def _highlights(data: dict) -> list[str]:
     if front:
         out.append("Overall Pareto front (speedup vs PSNR): " + ", ".join(
             f"{r['label']} ({r['summary']['speedup'][t]:.2f}×, {psnr_cell(r['summary'])} dB)" for r in front) + ".")
+    out += _matched_highlight(data)
+    return out
+
+
+def _matched_highlight(data: dict) -> list[str]:
+    """One sentence per target fraction where MotionCache and its placebo both have a value."""
+    m = data.get("matched_compute")
+    if not m:
+        return []
+    by_series = {s["series"]: s for s in m["series"]}
+    src = (data["settings"]["motion_sources"] or ["hidden"])[0]
+    mc, pl, orc = (by_series.get(f"motioncache[{src}]"), by_series.get(f"placebo[{src}]"), by_series.get("oracle"))
+    out = []
+    for i, target in enumerate(m["targets"]):
+        if not (mc and pl and mc["points"][i]["psnr"]["mean"] is not None
+                and pl["points"][i]["psnr"]["mean"] is not None):
+            continue
+        a, b = mc["points"][i]["psnr"], pl["points"][i]["psnr"]
+        text = (f"At {100 * target:.0f}% of tokens computed, MotionCache[{src}] scores {fmt(a['mean'])} dB PSNR "
+                f"(n={a['n']}) and its placebo {fmt(b['mean'])} dB (n={b['n']})")
+        if orc and orc["points"][i]["psnr"]["mean"] is not None:
+            text += f"; the oracle {fmt(orc['points'][i]['psnr']['mean'])} dB"
+        out.append(text + " (95 % intervals in the matched-compute table).")
     return out
 
 
@@ -145,11 +182,16 @@ def markdown_report(data: dict) -> str:
         "★: on the Pareto front of all runs (speedup vs PSNR; per-policy fronts in pareto.png).", "",
         markdown_table(data), ""]
     parts += ["### Highlights", ""] + [f"- {h}" for h in _highlights(data)] + [""]
+    if data.get("matched_compute"):
+        parts += ["### Quality at matched compute", "", matched_intro(data["matched_compute"]), "",
+                  matched_table(data["matched_compute"]), ""]
+    if data["baseline"]["summary"].get("gates"):
+        parts += ["### Cached-video gates", "", gates_intro(data), "", gates_table(data), ""]
     parts += ["### Per seed", "", "| run | seed | speedup | FLOP speedup | PSNR | PSNR moving | PSNR static | SSIM |",
               "|---|---|---|---|---|---|---|---|"]
     for r in data["runs"]:
         for s in r["per_seed"]:
-            parts.append(f"| {r['label']} | {s['seed']} | {fmt(s['speedup'][t])}× | {fmt(s['flop_speedup'])}× | "
+            parts.append(f"| {r['label']} | {s['seed']} | {_times(_at(s['speedup'], t))} | {_times(s['flop_speedup'] if r.get('timed', True) else None)} | "
                          f"{fmt(s['psnr'])} | {fmt(s['psnr_moving'])} | "
                          f"{fmt(s['psnr_static'])} | {fmt(s['ssim'], '.4f')} |")
     parts.append("")
@@ -186,6 +228,9 @@ def results_section(data: dict, plots_dir: str | None = None, command: str | Non
              "uncached run); FLOP speedup counts matmul/conv/attention FLOPs with `torch.utils.flop_counter` over "
              "the actual cached calls; efficiency = speedup / FLOP speedup.", ""]
     lines += [f"- {h}" for h in _highlights(data)] + [""]
+    if data.get("matched_compute"):
+        lines += ["### Quality at matched compute", "", matched_intro(data["matched_compute"]), "",
+                  matched_table(data["matched_compute"]), ""]
     if data.get("peers"):
         p = data["peers"]
         lines += ["### Peer comparison on diffusers' Wan transformer", "", _peers_intro(p), "", peers_table(p), ""]

@@ -5,7 +5,9 @@ and the sampler's noise), the benchmark generates the video with the bundled ref
 forcing (the setting of the MotionCache paper's SkyReels-V2 run, scaled down: 50 steps per chunk, CFG,
 chunks of `causal_block_size` frames started `ar_step` rows apart, a video longer than one window) once
 uncached (the eager model: the baseline) and once per cache configuration (policy x threshold, and for
-MotionCache each `motion_source`). Per run it records:
+MotionCache each `motion_source`), plus two controls: the placebo (MotionCache with its motion weights permuted
+within each frame) and the oracle (refreshes the tokens whose true residual changed most; it runs the full stack,
+so it is not timed). Per run it records:
 
 * wall time: the median of `repeats` timed generations per thread count, measured in the same process in
   interleaved rounds (baseline, then every configuration) so that drifting machine load hits all alike;
@@ -16,7 +18,12 @@ MotionCache each `motion_source`). Per run it records:
 * the fraction of tokens run through the blocks per call (from `decision_records`), overall and per row;
 * PSNR/SSIM of the decoded video against the uncached video of the same seed: whole frame, moving regions
   and static regions (mask from the uncached video's frame differences), and the latent's relative error;
-* peak bytes of the cache state (`cache_state_bytes()` after every call).
+* peak bytes of the cache state (`cache_state_bytes()` after every call);
+* the model-quality gate numbers of the video vs the real clip of its scene (`mcgraph.bench.video_gates`),
+  as for the uncached video.
+
+Across runs, `mcgraph.bench.matched` reads each series' PSNR off its sweep at fixed computed-token fractions
+(mean and 95 % t-interval over seeds): quality at matched compute.
 
 The counted generation (untimed) is also the one whose output is scored; each timed generation is checked
 to reproduce it exactly. With `peers`, `mcgraph.bench.peers` adds diffusers' own caches on Wan. The outputs
@@ -43,11 +50,13 @@ from mcgraph.bench.measure import (
     set_threads,
 )
 from mcgraph.bench.settings import BenchSettings, SweepConfig, sweep_configs
+from mcgraph.bench.matched import matched_compute
 from mcgraph.bench.summary import json_seed, mark_pareto, summarise, summarise_baseline
+from mcgraph.bench.video_gates import SeedGates, summarise_gates
 
 __all__ = ["SCHEMA_VERSION", "run_bench"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LATENT_SIZE = 16
 
 
@@ -118,7 +127,7 @@ def _prepare(settings: BenchSettings, log: Callable[[str], None]) -> _Sweep:
 
 
 class _SeedRun:
-    """One seed's scene, conditioning and `generate(module)`."""
+    """One seed's scene, conditioning, real clip (for the gates) and `generate(module)`."""
 
     def __init__(self, sweep: _Sweep, seed: int):
         import numpy as np
@@ -131,6 +140,8 @@ class _SeedRun:
         with torch.no_grad():
             self.cond = sweep.encoder(torch.from_numpy(self.scene.label())[None])
             self.neg = sweep.encoder(torch.from_numpy(scenes.null_label(1)))
+        st = sweep.settings
+        self.gates = SeedGates(self.scene, seed, st.frames, st.window_frames, st.overlap_frames, 2 * LATENT_SIZE)
 
     def generate(self, m, on_row=None):
         from mcgraph.video.sampler import sample
@@ -153,11 +164,12 @@ def _counted_runs(sweep: _Sweep, run: _SeedRun, first: _FirstSeed | None, bar: P
 
     fc = metrics.count_flops(run.generate, sweep.model, on_row)
     ref_latent = fc.result.latent
-    ref_video = latent_to_video(ref_latent)[0].clamp(-1, 1)
+    ref_raw = latent_to_video(ref_latent)[0]
+    ref_video = ref_raw.clamp(-1, 1)
     moving = metrics.motion_mask(ref_video)[0]
     base_rec = {"seed": run.seed, "scene": run.scene.describe(), "flops": fc.total, "flops_by_op": fc.by_op,
                 "model_calls": fc.result.model_calls, "moving_fraction": float(moving.float().mean()),
-                "wall_repeats": {}, "wall_s": {}}
+                "gates": run.gates.score(ref_raw), "wall_repeats": {}, "wall_s": {}}
     bar.step(f"seed {run.seed} uncached (counted)")
     if first is not None:
         first.videos["uncached"] = ref_video
@@ -169,12 +181,14 @@ def _counted_runs(sweep: _Sweep, run: _SeedRun, first: _FirstSeed | None, bar: P
             cnt = metrics.count_flops(run.generate, probe)
         lat = cnt.result.latent
         outputs[c.id] = lat
-        video = latent_to_video(lat)[0].clamp(-1, 1)
+        raw = latent_to_video(lat)[0]
+        video = raw.clamp(-1, 1)
         quality = metrics.region_metrics(video, ref_video, moving)
         recs[c.id] = {"seed": run.seed, "flops": cnt.total, "model_calls": cnt.result.model_calls,
                       "latent_rel_error": metrics.relative_error(lat, ref_latent),
                       "peak_cache_bytes": probe.peak_bytes, "specialisations": int(getattr(m, "specialisations", 1)),
-                      **record_summary(records), **quality, "wall_repeats": {}, "wall_s": {}}
+                      **record_summary(records), **quality, "gates": run.gates.score(raw),
+                      "wall_repeats": {}, "wall_s": {}}
         if first is not None:
             first.videos[c.id] = video
             first.per_row[c.id] = (per_row_fraction(records, sweep.calls_per_row) if records
@@ -184,16 +198,18 @@ def _counted_runs(sweep: _Sweep, run: _SeedRun, first: _FirstSeed | None, bar: P
 
 
 def _timed_runs(sweep: _Sweep, run: _SeedRun, base_rec: dict, recs: dict, outputs: dict, bar: Progress) -> bool:
-    """Interleaved rounds (baseline, then every configuration) per thread count; each timed generation must
-    reproduce the counted one exactly (returns whether all did)."""
+    """Interleaved rounds (baseline, then every timed configuration) per thread count; each timed generation
+    must reproduce the counted one exactly (returns whether all did). Untimed ones (the oracle) get no wall
+    time, speedup or efficiency (None)."""
     import torch
 
     reproducible = True
+    timed = [c for c in sweep.configs if c.timed]
     for threads in sweep.settings.threads:
         set_threads(threads)
         key = str(threads)
         for _ in range(sweep.settings.repeats):
-            for c in [None] + sweep.configs:
+            for c in [None] + timed:
                 m = sweep.model if c is None else sweep.modules[c.id]
                 t0 = time.perf_counter()
                 res = run.generate(m)
@@ -207,9 +223,13 @@ def _timed_runs(sweep: _Sweep, run: _SeedRun, base_rec: dict, recs: dict, output
     for target in [base_rec, *recs.values()]:
         target["wall_s"] = {k: median(v) for k, v in target["wall_repeats"].items()}
         target.setdefault("reproducible", True)
-    for rec in recs.values():
-        rec["speedup"] = {k: base_rec["wall_s"][k] / rec["wall_s"][k] for k in rec["wall_s"]}
+    for c in sweep.configs:
+        rec = recs[c.id]
         rec["flop_speedup"] = base_rec["flops"] / max(1, rec["flops"])
+        if not c.timed:
+            rec["wall_repeats"] = rec["wall_s"] = rec["speedup"] = rec["efficiency"] = None
+            continue
+        rec["speedup"] = {k: base_rec["wall_s"][k] / rec["wall_s"][k] for k in rec["wall_s"]}
         rec["efficiency"] = {k: v / rec["flop_speedup"] for k, v in rec["speedup"].items()}
     return reproducible
 
@@ -219,7 +239,8 @@ def run_bench(settings: BenchSettings, *, progress: bool = True, log: Callable[[
     """Run the benchmark described by `settings`; return the JSON-ready result dict (see the schema)."""
     started = time.perf_counter()
     sweep = _prepare(settings, log)
-    n_gen = len(settings.seeds) * (1 + len(sweep.configs)) * (1 + settings.repeats * len(settings.threads))
+    timed = 1 + sum(c.timed for c in sweep.configs)
+    n_gen = len(settings.seeds) * (1 + len(sweep.configs) + timed * settings.repeats * len(settings.threads))
     bar = Progress(n_gen, progress, "bench")
     per_seed: dict[str, list[dict]] = {c.id: [] for c in sweep.configs}
     baseline_seeds = []
@@ -256,7 +277,8 @@ def _result(sweep: _Sweep, per_seed: dict, baseline_seeds: list, first: _FirstSe
     for c in sweep.configs:
         seeds = per_seed[c.id]
         runs.append({
-            "id": c.id, "policy": c.policy, "threshold": c.threshold, "motion_source": c.motion_source,
+            "id": c.id, "policy": c.policy, "threshold": c.threshold, "fraction": c.fraction,
+            "motion_source": c.motion_source, "timed": c.timed,
             "series": c.series, "label": c.label, "config": c.config.to_dict(),
             "summary": summarise(seeds, baseline_seeds),
             "per_seed": [json_seed(s) for s in seeds],
@@ -274,9 +296,12 @@ def _result(sweep: _Sweep, per_seed: dict, baseline_seeds: list, first: _FirstSe
                        "causal_block_size": sweep.model.config.causal_block_size, "final_timestep": sweep.final_t,
                        "capture_s": sweep.capture_s, "segments": len(segments), "primary_threads": int(primary),
                        "per_row_active_fraction": first.active_rows, "reproducible": reproducible},
-        "baseline": {"policy": "eager (uncached)", "summary": summarise_baseline(baseline_seeds),
+        "baseline": {"policy": "eager (uncached)",
+                     "summary": {**summarise_baseline(baseline_seeds),
+                                 "gates": summarise_gates([s.get("gates") for s in baseline_seeds])},
                      "per_seed": [json_seed(s) for s in baseline_seeds]},
         "runs": runs,
+        "matched_compute": matched_compute(runs, settings.match_fractions, settings.seeds),
         "peers": None,
         "artifacts": {},
         "elapsed_s": None,

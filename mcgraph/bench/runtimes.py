@@ -182,7 +182,7 @@ def export_cached(opt, examples: dict, out_dir: str | Path, *, stem: str = "cach
             info = export_onnx(opt, path, example_kwargs=kwargs)
             start = time.perf_counter()
             sess = OrtSession(path, threads=threads, cache=cache)
-            cache = sess.cache
+            cache = sess.cache_session
             session_seconds += time.perf_counter() - start
         shape = tuple(kwargs[latent_input].shape)
         sessions[shape] = sess

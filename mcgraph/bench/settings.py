@@ -1,8 +1,11 @@
 """What a benchmark or demo run is: the policies and their thresholds, the sampler schedule, the checks.
 
 - `ScheduleSettings`: the diffusion-forcing schedule (steps, shift, CFG, windows, ...) shared by every run.
-- `BenchSettings` / `quick_settings`: the policy sweep of `mcgraph bench` (`mcgraph.bench.run`).
-- `SweepConfig` / `sweep_configs`: one cache configuration of that sweep (policy x threshold x motion source).
+- `BenchSettings` / `quick_settings`: the policy sweep of `mcgraph bench` (`mcgraph.bench.run`), with its two
+  controls (`CONTROLS`): "placebo" (MotionCache with its motion weights permuted within each frame) and
+  "oracle" (the full stack every call, refreshing the tokens whose true residual changed most).
+- `SweepConfig` / `sweep_configs`: one configuration of that sweep (policy x threshold x motion source, or
+  oracle x fraction).
 - `make_cache_config`: policy name + threshold (+ motion source, buckets) -> an mcgraph cache config.
 - `RuntimeBenchSettings` / `quick_runtime_settings`: `mcgraph bench --runtimes` (`mcgraph.bench.runtime_bench`).
 - `parse_buckets`, `RUNTIMES`, `COMPILE_BACKENDS`: the runtimes' settings (`mcgraph.bench.runtimes`).
@@ -19,8 +22,9 @@ from typing import Any
 
 from mcgraph.config import MOTION_SOURCES
 
-__all__ = ["CACHE_POLICIES", "COMPILE_BACKENDS", "DEFAULT_THRESHOLDS", "MOTION_SOURCES", "POLICIES", "QUICK_THRESHOLDS",
-           "RUNTIMES", "BenchSettings", "RuntimeBenchSettings", "ScheduleSettings", "SettingsError", "SweepConfig",
+__all__ = ["BENCH_POLICIES", "CACHE_POLICIES", "COMPILE_BACKENDS", "CONTROLS", "DEFAULT_MATCH_FRACTIONS",
+           "DEFAULT_ORACLE_FRACTIONS", "DEFAULT_SEEDS", "DEFAULT_THRESHOLDS", "MOTION_SOURCES", "POLICIES",
+           "QUICK_THRESHOLDS", "RUNTIMES", "BenchSettings", "RuntimeBenchSettings", "ScheduleSettings", "SettingsError", "SweepConfig",
            "describe_config", "make_cache_config", "parse_buckets", "quick_runtime_settings", "quick_settings",
            "sweep_configs"]
 
@@ -32,6 +36,13 @@ DEFAULT_THRESHOLDS = {
     "motioncache": (0.05, 0.1, 0.2),
 }
 QUICK_THRESHOLDS = {"teacache": (0.1,), "flowcache": (0.1,), "motioncache": (0.1,)}
+# benchmark controls (not caches): "placebo" = MotionCache (first motion source, MotionCache's thresholds) with
+# `placebo_seed`; "oracle" = OracleConfig at each of `oracle_fractions` (eager, full stack: no wall time)
+CONTROLS = ("placebo", "oracle")
+BENCH_POLICIES = POLICIES + CONTROLS
+DEFAULT_ORACLE_FRACTIONS = (0.2, 0.3, 0.45, 0.6)
+DEFAULT_MATCH_FRACTIONS = (0.3, 0.45, 0.6)  # computed-token fractions of the matched-compute table
+DEFAULT_SEEDS = tuple(range(8))
 RUNTIMES = ("eager", "compile", "onnx")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
@@ -83,8 +94,8 @@ def _default_peer_thresholds() -> dict:
 class BenchSettings(ScheduleSettings):
     """Everything that defines a benchmark run (stored verbatim in the JSON)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    policies: tuple[str, ...] = POLICIES
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    policies: tuple[str, ...] = BENCH_POLICIES
     thresholds: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     motion_sources: tuple[str, ...] = MOTION_SOURCES
     repeats: int = 1
@@ -95,16 +106,26 @@ class BenchSettings(ScheduleSettings):
     peer_steps: int = 50
     peer_thresholds: dict[str, tuple[float, ...]] = field(default_factory=_default_peer_thresholds)
     quick: bool = False
+    oracle_fractions: tuple[float, ...] = DEFAULT_ORACLE_FRACTIONS
+    match_fractions: tuple[float, ...] = DEFAULT_MATCH_FRACTIONS
+    placebo_seed: int = 0
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)
+        self.oracle_fractions = tuple(float(f) for f in self.oracle_fractions)
+        self.match_fractions = tuple(float(f) for f in self.match_fractions)
         self.policies = tuple(self.policies)
         self.motion_sources = tuple(self.motion_sources)
         self.threads = tuple(int(t) for t in self.threads)
         self.thresholds = {k: tuple(float(x) for x in v) for k, v in self.thresholds.items()}
-        bad = [p for p in self.policies if p not in POLICIES]
+        bad = [p for p in self.policies if p not in BENCH_POLICIES]
         if bad:
-            raise ValueError(f"unknown policies {bad}; known: {list(POLICIES)}")
+            raise ValueError(f"unknown policies {bad}; known: {list(BENCH_POLICIES)}")
+        for name in ("oracle_fractions", "match_fractions"):
+            if any(not 0 < f <= 1 for f in getattr(self, name)):
+                raise ValueError(f"{name} must be fractions in (0, 1], got {getattr(self, name)}")
+        if self.placebo_seed < 0:
+            raise ValueError(f"placebo_seed must be >= 0, got {self.placebo_seed}")
         bad = [s for s in self.motion_sources if s not in MOTION_SOURCES]
         if bad:
             raise ValueError(f"unknown motion sources {bad}; known: {list(MOTION_SOURCES)}")
@@ -127,26 +148,28 @@ class BenchSettings(ScheduleSettings):
         d = self.json_fields(after="seeds")
         d["thresholds"] = {k: list(v) for k, v in self.thresholds.items()}
         d["peer_thresholds"] = {k: list(v) for k, v in self.peer_thresholds.items()}
-        for k in ("seeds", "policies", "motion_sources", "threads"):
+        for k in ("seeds", "policies", "motion_sources", "threads", "oracle_fractions", "match_fractions"):
             d[k] = list(d[k])
         return d
 
 
 def quick_settings(**overrides) -> BenchSettings:
     """A tiny sweep for CI smoke tests: one seed, 16 steps, 12 frames in two 8-frame windows, one threshold
-    per policy, MotionCache with the "hidden" source, the tiny Wan for peers."""
+    per policy, MotionCache (and placebo) with the "hidden" source, the oracle at two fractions, the tiny Wan
+    for peers."""
     base = dict(seeds=(0,), steps=16, frames=12, window_frames=8, overlap_frames=4, thresholds=dict(QUICK_THRESHOLDS),
                 motion_sources=("hidden",), repeats=1, peer_model="wan-tiny", peer_steps=10,
                 peer_thresholds={"first_block_cache": (0.1,), "pyramid_attention_broadcast": (2,),
                                  "taylorseer": (3,), "flowcache": (0.1,), "motioncache": (0.1,)},
-                quick=True)
+                oracle_fractions=(0.2, 0.6), quick=True)
     base.update(overrides)
     return BenchSettings(**base)
 
 
 @dataclass
 class SweepConfig:
-    """One cache configuration of the sweep."""
+    """One configuration of the sweep. `timed`: False for the oracle (it runs the full stack every call, so its
+    wall time says nothing); `fraction`: the oracle's refresh fraction (None for the others)."""
 
     id: str
     policy: str
@@ -155,25 +178,40 @@ class SweepConfig:
     series: str
     label: str
     config: Any  # mcgraph CacheConfig
+    fraction: float | None = None
+    timed: bool = True
+
+
+def _motion_configs(policy: str, tau: float, sources, final_t: float, placebo_seed: int) -> list[SweepConfig]:
+    from mcgraph.config import MotionCacheConfig
+
+    seed = placebo_seed if policy == "placebo" else None
+    return [SweepConfig(f"{policy}-{src}-{tau:g}", policy, tau, src, f"{policy}[{src}]", f"{policy}[{src}] τ={tau:g}",
+                        MotionCacheConfig(threshold=tau, final_timestep=final_t, motion_source=src,
+                                          placebo_seed=seed))
+            for src in sources]
 
 
 def sweep_configs(settings: BenchSettings, final_t: float) -> list[SweepConfig]:
-    """Every configuration the settings ask for: policy x threshold, and for MotionCache each motion source."""
-    from mcgraph.config import FlowCacheConfig, MotionCacheConfig, NoCache, TeaCacheConfig
+    """Every configuration the settings ask for: policy x threshold, for MotionCache each motion source; the
+    placebo with MotionCache's thresholds and its first motion source; the oracle at each fraction."""
+    from mcgraph.config import FlowCacheConfig, NoCache, OracleConfig, TeaCacheConfig
 
     out = []
     for policy in settings.policies:
         if policy == "none":
             out.append(SweepConfig("none", "none", None, None, "none", "none (captured, no cache)", NoCache()))
-            continue
-        for tau in settings.thresholds.get(policy, DEFAULT_THRESHOLDS[policy]):
-            if policy == "motioncache":
-                for src in settings.motion_sources:
-                    cfg = MotionCacheConfig(threshold=tau, final_timestep=final_t, motion_source=src)
-                    out.append(SweepConfig(f"motioncache-{src}-{tau:g}", policy, tau, src, f"motioncache[{src}]",
-                                           f"motioncache[{src}] τ={tau:g}", cfg))
-            else:
-                cls = TeaCacheConfig if policy == "teacache" else FlowCacheConfig
+        elif policy == "oracle":
+            out += [SweepConfig(f"oracle-{f:g}", "oracle", None, None, "oracle", f"oracle f={f:g}",
+                                OracleConfig(fraction=f, final_timestep=final_t), fraction=f, timed=False)
+                    for f in settings.oracle_fractions]
+        elif policy in ("motioncache", "placebo"):
+            sources = settings.motion_sources if policy == "motioncache" else settings.motion_sources[:1]
+            for tau in settings.thresholds.get("motioncache", DEFAULT_THRESHOLDS["motioncache"]):
+                out += _motion_configs(policy, tau, sources, final_t, settings.placebo_seed)
+        else:
+            cls = TeaCacheConfig if policy == "teacache" else FlowCacheConfig
+            for tau in settings.thresholds.get(policy, DEFAULT_THRESHOLDS[policy]):
                 out.append(SweepConfig(f"{policy}-{tau:g}", policy, tau, None, policy, f"{policy} τ={tau:g}",
                                        cls(threshold=tau, final_timestep=final_t)))
     return out

@@ -71,19 +71,27 @@ def summarise_baseline(seeds: list[dict]) -> dict:
             "model_calls": seeds[0]["model_calls"]}
 
 
+def _timing(seeds: list[dict], baseline: list[dict], flop_speedup: float) -> dict:
+    """Wall time, speedup (ratio of totals), efficiency, per-seed speedup range; all None for an untimed run."""
+    if any(not s.get("wall_s") for s in seeds):
+        return dict.fromkeys(("wall_s", "speedup", "efficiency", "speedup_min", "speedup_max"))
+    keys = seeds[0]["wall_s"].keys()
+    speedup = {k: sum(b["wall_s"][k] for b in baseline) / sum(s["wall_s"][k] for s in seeds) for k in keys}
+    return {"wall_s": {k: sum(s["wall_s"][k] for s in seeds) / len(seeds) for k in keys}, "speedup": speedup,
+            "efficiency": {k: v / flop_speedup for k, v in speedup.items()},
+            "speedup_min": {k: min(s["speedup"][k] for s in seeds) for k in keys},
+            "speedup_max": {k: max(s["speedup"][k] for s in seeds) for k in keys}}
+
+
 def summarise(seeds: list[dict], baseline: list[dict]) -> dict:
     """Across seeds: time and FLOP ratios of totals (so long and short runs weigh by their cost), quality
-    means (PSNR in dB, identical seeds counted as 100 dB unless all are identical: null)."""
-    keys = seeds[0]["wall_s"].keys()
-    wall = {k: sum(s["wall_s"][k] for s in seeds) / len(seeds) for k in keys}
-    speedup = {k: sum(b["wall_s"][k] for b in baseline) / sum(s["wall_s"][k] for s in seeds) for k in keys}
+    means (PSNR in dB, identical seeds counted as 100 dB unless all are identical: null), gate means."""
+    from mcgraph.bench.video_gates import summarise_gates
+
     flops = sum(s["flops"] for s in seeds) / len(seeds)
     flop_speedup = sum(b["flops"] for b in baseline) / max(1, sum(s["flops"] for s in seeds))
     out = {
-        "wall_s": wall, "speedup": speedup, "flops": flops, "flop_speedup": flop_speedup,
-        "efficiency": {k: v / flop_speedup for k, v in speedup.items()},
-        "speedup_min": {k: min(s["speedup"][k] for s in seeds) for k in keys},
-        "speedup_max": {k: max(s["speedup"][k] for s in seeds) for k in keys},
+        **_timing(seeds, baseline, flop_speedup), "flops": flops, "flop_speedup": flop_speedup,
         "executed_fraction": _mean([s["executed_fraction"] for s in seeds]),
         "decided_fraction": _mean([s["decided_fraction"] for s in seeds]),
         "psnr": _mean_db([db_value(s["psnr"]) for s in seeds]),
@@ -96,6 +104,7 @@ def summarise(seeds: list[dict], baseline: list[dict]) -> dict:
         "peak_cache_bytes": max(s["peak_cache_bytes"] for s in seeds),
         "identical": all(db_value(s["psnr"]) == math.inf for s in seeds),
         "reproducible": all(s.get("reproducible", True) for s in seeds),
+        "gates": summarise_gates([s.get("gates") for s in seeds]),
     }
     return {k: (db(v) if k in DB_KEYS else finite(v) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -117,19 +126,21 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def mark_pareto(runs: list[dict], threads: str) -> None:
-    """Flag each run on its series' (speedup, PSNR) Pareto front, and on the front of all runs together."""
+    """Flag each run on its series' (speedup, PSNR) Pareto front, and on the front of all runs together
+    (untimed runs, the oracle, are on no front)."""
     def pts(rs):
         return [(r["summary"]["speedup"][threads], _quality_key(r["summary"])) for r in rs]
 
     for r in runs:
         r["pareto"] = False
         r["pareto_overall"] = False
-    for series in {r["series"] for r in runs}:
-        rs = [r for r in runs if r["series"] == series]
+    timed = [r for r in runs if r["summary"]["speedup"]]
+    for series in {r["series"] for r in timed}:
+        rs = [r for r in timed if r["series"] == series]
         for i in pareto_front(pts(rs)):
             rs[i]["pareto"] = True
-    for i in pareto_front(pts(runs)):
-        runs[i]["pareto_overall"] = True
+    for i in pareto_front(pts(timed)):
+        timed[i]["pareto_overall"] = True
 
 
 def equal_speed_pair(data: dict, flow_series="flowcache", motion_series=None) -> tuple[dict, dict] | None:

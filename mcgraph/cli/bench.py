@@ -7,7 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
-from mcgraph.bench.settings import MOTION_SOURCES, POLICIES, RUNTIMES
+from mcgraph.bench.settings import BENCH_POLICIES, MOTION_SOURCES, RUNTIMES
 from mcgraph.cli.common import SCHEDULE_OPTIONS, UsageError, add_command, buckets, schedule_overrides
 
 __all__ = ["add_bench_command", "run_bench_command", "run_runtime_bench_command"]
@@ -89,7 +89,7 @@ def _command_line(args: argparse.Namespace) -> str:
     def joined(v):
         return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
 
-    for opt in ("seeds", "policies", "motion_sources", "threads"):
+    for opt in ("seeds", "policies", "motion_sources", "threads", "oracle_fractions", "match_fractions"):
         value = getattr(args, opt)
         if value is not None:
             parts += ["--" + opt.replace("_", "-"), joined(value)]
@@ -124,7 +124,10 @@ def add_bench_command(subparsers) -> None:
             "Generate videos with the bundled reference model by diffusion forcing, uncached and under each cache "
             "policy over a threshold sweep, for several seeds; measure wall time (median of repeats, side by side "
             "with the uncached run), FLOPs (torch.utils.flop_counter over the real cached calls), tokens computed, "
-            "PSNR/SSIM vs the uncached video (whole, moving and static regions) and cache memory. Writes "
+            "PSNR/SSIM vs the uncached video (whole, moving and static regions), cache memory and the model-quality "
+            "gate numbers of every video vs the real clip of its scene; with two controls, the placebo (MotionCache "
+            "with permuted motion weights) and the oracle (refreshes the tokens that truly changed most), and PSNR at "
+            "matched compute (interpolated over each sweep; mean and 95% CI over seeds). Writes "
             "DIR/bench.json (validated against mcgraph/bench/schema.json), DIR/report.md, DIR/results.md (README "
             "'Results' section) and PNG plots. --peers adds diffusers' Wan transformer under diffusers' own cache "
             "hooks and mcgraph's policies. --from-json regenerates the reports and plots from an existing JSON."
@@ -140,9 +143,15 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny sweep for CI (1 seed, 16 steps, 12 frames, one threshold per policy; < 2 minutes)")
     p.add_argument("--seeds", type=_csv(int, name="seed"), default=None, metavar="S1,S2,...",
-                   help="seeds (scene and noise); default 0,1,2 (quick: 0)")
-    p.add_argument("--policies", type=_csv(str, POLICIES, "policy"), default=None, metavar="P1,P2,...",
-                   help="policies to run: " + ", ".join(POLICIES) + " (default: all)")
+                   help="seeds (scene and noise); default 0,...,7 (quick: 0)")
+    p.add_argument("--policies", type=_csv(str, BENCH_POLICIES, "policy"), default=None, metavar="P1,P2,...",
+                   help="policies to run: " + ", ".join(BENCH_POLICIES) + " (default: all; placebo: MotionCache's "
+                        "thresholds with the first motion source and permuted motion weights; oracle: see "
+                        "--oracle-fractions)")
+    p.add_argument("--oracle-fractions", type=_csv(float, name="fraction"), default=None, metavar="F1,F2,...",
+                   help="token fractions the oracle refreshes (default 0.2,0.3,0.45,0.6; quick: 0.2,0.6)")
+    p.add_argument("--match-fractions", type=_csv(float, name="fraction"), default=None, metavar="F1,F2,...",
+                   help="computed-token fractions of the matched-compute PSNR table (default 0.3,0.45,0.6)")
     p.add_argument("--thresholds", type=_threshold_spec, action="append", default=None, metavar="POLICY=T1,T2",
                    help="threshold sweep of one policy (repeatable), e.g. --thresholds motioncache=0.05,0.1,0.2; "
                         "default teacache=0.1,0.4, flowcache=0.05,0.1,0.2, motioncache=0.05,0.1,0.2 (quick: 0.1 each)")
@@ -257,7 +266,7 @@ def _bench_settings(args: argparse.Namespace):
     from mcgraph.bench.settings import BenchSettings, quick_settings
 
     over = {}
-    for name in ("seeds", "policies", "motion_sources", "repeats", "threads"):
+    for name in ("seeds", "policies", "motion_sources", "repeats", "threads", "oracle_fractions", "match_fractions"):
         if getattr(args, name) is not None:
             over[name] = getattr(args, name)
     over.update(schedule_overrides(args, _SCHEDULE_AND_PEERS))
@@ -303,6 +312,8 @@ def _runtime_settings(args: argparse.Namespace):
 
     for name, given in (("--from-json", args.from_json is not None), ("--peers", args.peers),
                         ("--policies", args.policies is not None), ("--readme", args.readme),
+                        ("--oracle-fractions", args.oracle_fractions is not None),
+                        ("--match-fractions", args.match_fractions is not None),
                         ("--peer-model", args.peer_model is not None), ("--peer-steps", args.peer_steps is not None)):
         if given:
             raise UsageError(f"{name} does not apply to the runtime benchmark (--runtimes); the policy and "

@@ -12,7 +12,6 @@ import torch.fx._pytree as fx_pytree
 from mcgraph.compiler.capture import CapturedGraph
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.compiler.pass_infra import PassManager
-from mcgraph.compiler.structure import ModelStructure
 from mcgraph.compiler.verifier import verify_graph
 from mcgraph.errors import McGraphError
 

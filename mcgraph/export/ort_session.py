@@ -11,7 +11,6 @@ hidden in the ONNX file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch.utils._pytree as pytree
 
 from mcgraph.errors import McGraphError
 from mcgraph.export.onnx_export import META_KEY
-from mcgraph.runtime.session import CacheSession
+from mcgraph.runtime.session import CacheSession, SessionControls
 from mcgraph.runtime.step import StepResult
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int32": np.int32,
@@ -40,7 +39,7 @@ class OrtRunner:
         feeds = self.owner.feeds(flat)
         for s, value in zip(meta["state"], state if state is not None else self.owner.initial_state()):
             feeds[f"state_{s['name']}"] = value
-        results = self.owner.session.run(None, feeds)
+        results = self.owner.ort.run(None, feeds)
         n_out = meta["num_outputs"]
         return StepResult([torch.from_numpy(r) for r in results[:n_out]], torch.from_numpy(results[n_out]),
                           int(results[n_out + 1]), results[n_out + 2:], meta["frames"], meta["tokens"])
@@ -49,7 +48,7 @@ class OrtRunner:
         return int(self.owner.meta.get("state_bytes", 0))
 
 
-class OrtSession:
+class OrtSession(SessionControls):
     """See module docstring. `threads`: ONNX Runtime intra-op threads (None: its default)."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
@@ -68,35 +67,19 @@ class OrtSession:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(self.path, options, providers=providers or ["CPUExecutionProvider"])
+        self.ort = ort.InferenceSession(self.path, options, providers=providers or ["CPUExecutionProvider"])
         self.in_spec = pytree.treespec_loads(self.meta["in_spec"])
         self.out_spec = pytree.treespec_loads(self.meta["out_spec"]) if self.meta["out_spec"] else None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = [i.name for i in self.ort.get_inputs()]
+        self.output_names = [o.name for o in self.ort.get_outputs()]
         slots = {spec["slot"]: spec["name"] for spec in self.meta["tensor_inputs"]}
         flat_names = [slots.get(i, f"input_{i}") for i in range(self.meta["flat_inputs"])]
         # `cache`: a session shared with other exported shapes of the same model (one file per window length)
-        self.cache = cache or CacheSession(f"{self.meta['model_class']} (ONNX Runtime, {Path(self.path).name})",
+        self.cache_session = cache or CacheSession(f"{self.meta['model_class']} (ONNX Runtime, {Path(self.path).name})",
                                            flat_names, max_cache_bytes=self.meta.get("max_cache_bytes"))
         self.runner = OrtRunner(self)
 
-    # ------------------------------------------------------------------------------------ cache control
-    def cache_context(self, name: str):
-        return self.cache.cache_context(name)
-
-    def reset_cache(self) -> None:
-        self.cache.reset_cache()
-
-    def record_decisions(self, on: bool = True) -> list:
-        return self.cache.record_decisions(on)
-
-    @property
-    def decision_records(self) -> list:
-        return self.cache.decision_records
-
-    def cache_state_bytes(self) -> int:
-        return self.cache.cache_state_bytes()
-
+    # ------------------------------------------------------------------------------------------ state
     def initial_state(self) -> list[np.ndarray]:
         return [np.full(s["shape"], s["fill"], dtype=NUMPY_DTYPES[s["dtype"]]) for s in self.meta["state"]]
 
@@ -137,7 +120,7 @@ class OrtSession:
     def __call__(self, *args, **kwargs):
         flat = fx_pytree.tree_flatten_spec(((), self._bind(args, kwargs)), self.in_spec)
         self.feeds(flat)  # shapes first: a wrong shape is refused before any state exists
-        outputs = self.cache.call(flat, self.runner)
+        outputs = self.cache_session.call(flat, self.runner)
         if self.out_spec is None:
             return tuple(outputs)
         return pytree.tree_unflatten(outputs, self.out_spec)

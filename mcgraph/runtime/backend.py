@@ -31,7 +31,7 @@ from mcgraph.compiler.dynamo_lowering import DynamoGraphModule, capture_lowered
 from mcgraph.compiler.verifier import verify_graph
 from mcgraph.config import CacheConfig, MotionCacheConfig, ReuseConfig
 from mcgraph.errors import ConfigError
-from mcgraph.runtime.session import CacheSession
+from mcgraph.runtime.session import CacheSession, SessionControls
 from mcgraph.runtime.step import StepResult
 
 KNOWN_OPTIONS = ("config", "backend", "dump_dir")
@@ -95,7 +95,7 @@ class CompiledRunner:
         return self.graph.step.state_bytes_for(flat)
 
 
-class BackendRuntime:
+class BackendRuntime(SessionControls):
     """What dynamo calls in place of its graph: binds the user's tensors and hands them to the session, which
     runs the compiled StepGraph with the state as explicit inputs (one compiled graph serves every context
     and every call, the first one included). `optimized` is the `OptimizedModule` the graph came from."""
@@ -113,7 +113,7 @@ class BackendRuntime:
         config = optimized.mcgraph_config
         # dynamo names the user's inputs l_<name>_: messages use the argument names the user wrote
         names = [re.sub(r"^l_(.+)_$", r"\1", n) for n in (self.spec.step.graphs.input_names if self.spec.step else [])]
-        self.session = CacheSession(f"{type(lowered).__name__} (backend 'mcgraph')", names,
+        self.cache_session = CacheSession(f"{type(lowered).__name__} (backend 'mcgraph')", names,
                                     max_cache_bytes=getattr(config, "max_cache_bytes", None), global_contexts=True,
                                     states=_shared_states(weights[0]) if weights else None)
         self.runner = CompiledRunner(self.spec.graph, self.compiled) if self.spec.graph is not None else None
@@ -122,17 +122,7 @@ class BackendRuntime:
         kwargs = {name: args[i] for i, name in self.inputs}
         if self.runner is None:
             return self.compiled(**kwargs)
-        return self.spec.unflatten(self.session.call(self.spec.flatten(kwargs), self.runner))
-
-    def record_decisions(self, on: bool = True) -> list:
-        return self.session.record_decisions(on)
-
-    @property
-    def decision_records(self) -> list:
-        return self.session.decision_records
-
-    def reset_cache(self) -> None:
-        self.session.reset_cache()
+        return self.spec.unflatten(self.cache_session.call(self.spec.flatten(kwargs), self.runner))
 
 
 def _check_options(options: dict) -> None:

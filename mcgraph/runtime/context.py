@@ -39,3 +39,12 @@ def reset_cache() -> None:
     """Forget the cache state of every backend-compiled model (start of a new generation or window)."""
     for runtime in list(_RUNTIMES):
         runtime.reset_cache()
+
+
+def _register_with_the_sampler() -> None:
+    from mcgraph.video.hooks import register_global_hooks
+
+    register_global_hooks(cache_context, reset_cache)
+
+
+_register_with_the_sampler()

@@ -27,7 +27,7 @@ from mcgraph.compiler.capture import CapturedGraph, bind_call, capture, static_k
 from mcgraph.compiler.structure import ModelStructure
 from mcgraph.config import CacheConfig, NoCache, ReuseConfig
 from mcgraph.errors import CaptureError, ConfigError
-from mcgraph.runtime.session import CacheSession
+from mcgraph.runtime.session import CacheSession, SessionControls
 from mcgraph.runtime.step import CacheStep
 from mcgraph.runtime.step_graph import StepGraph, assert_finite_in_graph
 
@@ -87,7 +87,7 @@ class TracedRunner(EagerRunner):
         return self.step(flat, state, traced=True, buckets=self.graph.buckets)
 
 
-class OptimizedModule(torch.nn.Module):
+class OptimizedModule(SessionControls, torch.nn.Module):
     """A cache-aware stand-in for `original`; see module docstring."""
 
     def __init__(self, original: torch.nn.Module, config: CacheConfig, first: Specialisation,
@@ -98,7 +98,7 @@ class OptimizedModule(torch.nn.Module):
         self.__dict__["_specialisations"] = [first]
         self.__dict__["_dump_dir"] = dump_dir
         self.__dict__["_parameters_spec"] = _parameter_spec(original)
-        self.__dict__["session"] = session or CacheSession(
+        self.__dict__["cache_session"] = session or CacheSession(
             type(original).__name__, [n.name for n in first.captured.graph_module.graph.nodes if n.op == "placeholder"],
             max_cache_bytes=getattr(config, "max_cache_bytes", None))
         self.mcgraph_config = config
@@ -143,27 +143,7 @@ class OptimizedModule(torch.nn.Module):
             spec.graph = _step_graph(spec.step, spec)
         return OptimizedModule(self.original_module, config, spec, self.__dict__["_dump_dir"])
 
-    # ------------------------------------------------------------------------------------ cache control
-    def cache_context(self, name: str):
-        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
-        return self.session.cache_context(name)
-
-    def reset_cache(self) -> None:
-        """Forget all cache state (start of a new generation or segment)."""
-        self.session.reset_cache()
-
-    def record_decisions(self, on: bool = True) -> list:
-        """Keep a StepRecord per call (which tokens were recomputed); returns the list, which fills up live."""
-        return self.session.record_decisions(on)
-
-    @property
-    def decision_records(self) -> list:
-        return self.session.decision_records
-
-    def cache_state_bytes(self) -> int:
-        """Bytes held by the cache state of all contexts now."""
-        return self.session.cache_state_bytes()
-
+    # ------------------------------------------------------------------------------------ introspection
     def stack_inputs(self, *args, **kwargs) -> list:
         """Run the prologue on a call's inputs and return what the block stack reads (stack / subset_stack
         arguments), for benchmarks and tests that drive the step's graphs by hand."""
@@ -236,12 +216,12 @@ class OptimizedModule(torch.nn.Module):
         if spec.step is None:
             return spec.captured(bound)
         flat = spec.flatten(bound)
-        return spec.unflatten(self.session.call(flat, TracedRunner(spec.graph), traced=True))
+        return spec.unflatten(self.cache_session.call(flat, TracedRunner(spec.graph), traced=True))
 
     def _run(self, spec: Specialisation, bound: dict):
         if spec.step is None:
             return spec.captured(bound)
-        return spec.unflatten(self.session.call(spec.flatten(bound), EagerRunner(spec.step)))
+        return spec.unflatten(self.cache_session.call(spec.flatten(bound), EagerRunner(spec.step)))
 
     # parameters and buffers are the original's (the graphs share them): delegate so that optimisers,
     # state_dict round trips and `.to()` behave as on the original model

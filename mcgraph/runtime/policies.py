@@ -21,7 +21,14 @@ from typing import Callable, ClassVar
 
 import torch
 
-from mcgraph.config import CacheConfig, FlowCacheConfig, MotionCacheConfig, ReuseConfig, TeaCacheConfig
+from mcgraph.config import (
+    CacheConfig,
+    FlowCacheConfig,
+    MotionCacheConfig,
+    OracleConfig,
+    ReuseConfig,
+    TeaCacheConfig,
+)
 from mcgraph.errors import ConfigError, McGraphError
 from mcgraph.runtime.motion import frame_differences, latent_tokens, normalise_per_frame
 
@@ -258,3 +265,22 @@ class MotionCachePolicy(Policy):
         per_frame = n // frames
         perm = torch.randperm(per_frame, generator=torch.Generator().manual_seed(seed)).to(weights.device)
         return weights.view(b, frames, per_frame)[:, :, perm].reshape(b, n)
+
+
+@register_policy(OracleConfig)
+class OraclePolicy(Policy):
+    """The selection headroom (a benchmark control): the step computes the true residual every call and asks
+    `select_by_change` which tokens to refresh; see `OracleConfig`."""
+
+    needs_true_residual: ClassVar[bool] = True
+
+    def select_by_change(self, change, changed, computes, final) -> torch.Tensor:
+        """[B, L] bool: the top `fraction` of changed tokens by true residual change, plus what must run."""
+        cfg = self.config
+        must = (changed & (computes < cfg.warmup_steps)) | (computes == 0)
+        if cfg.force_final_step:
+            must = must | (final & changed)
+        k = max(1, round(cfg.fraction * change.shape[1]))
+        score = torch.where(changed, change, torch.full_like(change, -1.0))
+        top = torch.zeros_like(changed).scatter(1, score.topk(k, dim=1).indices, True) & changed
+        return top | must

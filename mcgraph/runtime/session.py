@@ -174,3 +174,34 @@ class CacheSession:
                 self._records.append(StepRecord(context, result.recomputed.detach().cpu(), executed, result.tokens,
                                                 result.frames, execution_path(executed, result.tokens)))
         return result.outputs
+
+
+class SessionControls:
+    """The cache protocol every runtime adapter exposes, delegated to its `cache_session` (one definition):
+    `cache_context(name)`, `reset_cache()`, `record_decisions(on)`, `decision_records`, `cache_state_bytes()`.
+    Also `_reset_stateful_cache()`, the name diffusers pipelines call after every generation."""
+
+    cache_session: CacheSession
+
+    def cache_context(self, name: str):
+        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
+        return self.cache_session.cache_context(name)
+
+    def reset_cache(self) -> None:
+        """Forget all cache state (start of a new generation or segment)."""
+        self.cache_session.reset_cache()
+
+    def _reset_stateful_cache(self) -> None:
+        self.cache_session.reset_cache()
+
+    def record_decisions(self, on: bool = True) -> list:
+        """Keep a StepRecord per call (which tokens were recomputed); returns the list, which fills up live."""
+        return self.cache_session.record_decisions(on)
+
+    @property
+    def decision_records(self) -> list:
+        return self.cache_session.decision_records
+
+    def cache_state_bytes(self) -> int:
+        """Bytes held by the cache state of all contexts now."""
+        return self.cache_session.cache_state_bytes()

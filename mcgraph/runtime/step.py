@@ -198,6 +198,15 @@ class CacheStep:
             return torch.zeros(front.batch, front.tokens, dtype=torch.bool, device=front.h0.device)
         return (t_tok > 0) & (t_tok <= self.config.final_timestep) & (t_tok < state["timesteps"])
 
+    def decide(self, flat, front: Front, state: dict):
+        """(recompute mask U [B, L], new acc, new computes): the policy's decision for this call."""
+        return self.policy.decide(self.distances(front, state), state["acc"], state["computes"],
+                                  self.final_step(flat, front, state), state["weights"], front.frames)
+
+    def with_config(self, config: ReuseConfig) -> CacheStep:
+        """The same graphs under another caching config (its own policy)."""
+        return CacheStep(self.graphs, self.structure, config, self.chunk_frames)
+
     # -------------------------------------------------------------------------------------- branches
     # each branch returns (h_L, residual, fresh rows [L], executed, *K/V)
     def _skip(self, h0, res, kv, count, copy: bool):
@@ -315,9 +324,12 @@ class CacheStep:
         first_call = state is None
         if first_call:
             state = self.initial_state(front)
-        update, acc, computes = self.policy.decide(self.distances(front, state), state["acc"], state["computes"],
-                                                   self.final_step(flat, front, state), state["weights"],
-                                                   front.frames)
+        if getattr(self.policy, "needs_true_residual", False):
+            if traced:
+                raise McGraphError(f"{type(self.config).__name__} is a benchmark control that runs the full stack "
+                                   "every call; it has no traced (compiled / exported) form")
+            return self._oracle_call(flat, front, state)
+        update, acc, computes = self.decide(flat, front, state)
         selected = update.any(0)  # tokens any sample needs: run once for the whole batch
         if traced:
             buckets = tuple(buckets or self.config.capacity_buckets or DEFAULT_GRAPH_BUCKETS)
@@ -327,3 +339,21 @@ class CacheStep:
         outputs = self.graphs.epilogue(h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
         new_state = self.finish(flat, front, state, acc, computes, h_l, residual, kv, fresh, outputs)
         return StepResult(list(outputs), update, executed, new_state, front.frames, front.tokens)
+
+    def _oracle_call(self, flat, front: Front, state: dict) -> StepResult:
+        """The oracle control: full stack, then refresh only the tokens the policy picks by true change."""
+        h_full, *kv = self.graphs.stack(*front.stack_in)
+        true_residual = h_full - front.h0
+        old = state["residual"]
+        change = (true_residual - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
+        changed = self.distances(front, state).token > 0
+        update = self.policy.select_by_change(change.float(), changed, state["computes"],
+                                              self.final_step(flat, front, state))
+        residual = torch.where(update[..., None], true_residual, old)
+        h_l = front.h0 + residual
+        fresh = update.any(0)
+        computes = state["computes"] + update.to(state["computes"].dtype)
+        outputs = self.graphs.epilogue(h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
+        new_state = self.finish(flat, front, state, torch.zeros_like(state["acc"]), computes, h_l, residual, kv,
+                                fresh, outputs)
+        return StepResult(list(outputs), update, int(fresh.sum()), new_state, front.frames, front.tokens)

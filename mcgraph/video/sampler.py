@@ -22,7 +22,6 @@ window, because a new window is a new generation as far as any cached activation
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mcgraph.video.hooks import model_hooks
 from mcgraph.video.flow_matching import NUM_TRAIN_TIMESTEPS, sigma_schedule
 from mcgraph.video.schedule import diffusion_forcing_schedule, num_rows
 
@@ -140,25 +140,134 @@ class SampleResult:
     segments: list[Segment]
 
 
-def _model_hooks(model) -> tuple[Callable[[str], Any], Callable[[], None] | None]:
-    """The model's own cache hooks combined with mcgraph's global ones (which reach models compiled with
-    `torch.compile(model, backend="mcgraph")`: they have no hooks of their own)."""
-    from mcgraph.runtime import context as runtime_context
+def _resolve_config(config: SamplerConfig | None, overrides: dict) -> SamplerConfig:
+    """`config` (default `SamplerConfig()`) with the keyword overrides applied; unknown keywords are an error."""
+    config = config or SamplerConfig()
+    unknown = set(overrides) - {f.name for f in fields(SamplerConfig)}
+    if unknown:
+        raise TypeError(f"sample() got unexpected keyword arguments {sorted(unknown)}")
+    return replace(config, **overrides) if overrides else config
 
-    ctx = getattr(model, "cache_context", None)
-    reset = getattr(model, "reset_cache", None)
 
-    @contextlib.contextmanager
-    def context(name):
-        with (ctx(name) if callable(ctx) else contextlib.nullcontext()), runtime_context.cache_context(name):
-            yield
+def _check_shape(shape) -> tuple[int, int, int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 5 or min(shape) < 1:
+        raise ValueError(f"shape must be [batch, channels, frames, height, width] with positive sizes, got {shape}")
+    return shape
 
-    def reset_all():
-        if callable(reset):
-            reset()
-        runtime_context.reset_cache()
 
-    return context, reset_all
+def _history_frames(history: torch.Tensor | None, shape: tuple[int, ...], config: SamplerConfig) -> int:
+    """Frames of the clean `history` (0 without one), checked against the latent shape and the first window:
+    it must be whole chunks (the schedule treats it as finished chunks) and leave the window something to make."""
+    if history is None:
+        return 0
+    history_frames = history.shape[2]
+    if (history.dim() != 5 or history.shape[0] != shape[0] or history.shape[1] != shape[1]
+            or tuple(history.shape[3:]) != tuple(shape[3:])):
+        raise ValueError(f"history must be [B, C, P, H, W] matching shape {tuple(shape)}, got {tuple(history.shape)}")
+    num_frames = shape[2]
+    window = num_frames if config.window_frames is None else min(config.window_frames, num_frames)
+    if history_frames % config.causal_block_size or history_frames >= window:
+        raise ValueError(f"history of {history_frames} frames must be whole chunks of causal_block_size="
+                         f"{config.causal_block_size} and shorter than the window ({window})")
+    return history_frames
+
+
+def _progress_bar(progress: bool | Any, total_rows: int) -> tuple[Any, bool]:
+    """(bar or None, whether `sample` created it and so must close it)."""
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total_rows, desc="denoise", unit="row", leave=False), True
+    return (progress or None), False
+
+
+@dataclass
+class _Run:
+    """What stays fixed over one `sample` call, plus its model-call counter (RowInfo reports the running total)."""
+
+    model: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    conditioning: Any
+    negative_conditioning: Any
+    config: SamplerConfig
+    shape: tuple[int, int, int, int, int]
+    generator: torch.Generator
+    device: torch.device
+    dtype: torch.dtype
+    context: Callable[[str], Any]
+    sigmas: torch.Tensor  # float64 [steps + 1], 1 -> 0
+    bar: Any
+    on_row: Callable[[RowInfo], None] | None
+    num_segments: int
+    calls: int = 0
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.negative_conditioning is not None and self.config.guidance_scale != 1.0
+
+    def noise(self, frames: int) -> torch.Tensor:
+        """[B, C, frames, H, W] standard normal noise, drawn on the CPU (same numbers on every device)."""
+        b, c, _, h, w = self.shape
+        return torch.randn((b, c, frames, h, w), generator=self.generator, dtype=self.dtype).to(self.device)
+
+    def velocity(self, model_in: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The model's velocity: the cond call, and with CFG the uncond call combined as v_u + g * (v_c - v_u)."""
+        with self.context("cond"):
+            v = self.model(model_in, timesteps, self.conditioning)
+        self.calls += 1
+        if self.use_cfg:
+            with self.context("uncond"):
+                v_u = self.model(model_in, timesteps, self.negative_conditioning)
+            self.calls += 1
+            v = v_u + self.config.guidance_scale * (v - v_u)
+        return v
+
+
+def _model_input(run: _Run, x: torch.Tensor, t: torch.Tensor, prefix: int) -> torch.Tensor:
+    """What the model sees this row. The clean history is shown slightly noised and at a matching timestep
+    (SkyReels-V2 addnoise_condition); `t` is updated in place and the stored prefix in `x` never changes."""
+    if not prefix:
+        return x
+    a = run.config.addnoise_condition
+    t[:prefix] = a
+    if a <= 0:
+        return x
+    noise_factor = a / NUM_TRAIN_TIMESTEPS
+    model_in = x.clone()
+    eps = run.noise(prefix)
+    model_in[:, :, :prefix] = x[:, :, :prefix] * (1 - noise_factor) + eps * noise_factor
+    return model_in
+
+
+def _window(run: _Run, seg: Segment, sched, out: torch.Tensor | None) -> torch.Tensor:
+    """Denoise one window: fresh noise with the segment's clean prefix copied in from `out`, then every row of
+    its schedule. Returns the window's latent [B, C, seg.length, H, W] (prefix included)."""
+    frames, prefix = seg.length, seg.prefix
+    x = run.noise(frames)
+    if prefix:
+        x[:, :, :prefix] = out[:, :, seg.start : seg.start + prefix]
+    in_idx = sched.frame_input_index()  # [rows, frames]
+    out_idx = sched.frame_step_index()
+    upd = sched.frame_update_mask()
+    if run.bar is not None and hasattr(run.bar, "set_postfix_str"):
+        run.bar.set_postfix_str(f"window {seg.index + 1}/{run.num_segments}")
+    for r in range(sched.num_rows):
+        sig_in, sig_out = run.sigmas[in_idx[r]], run.sigmas[out_idx[r]]
+        t = (NUM_TRAIN_TIMESTEPS * sig_in).to(torch.float32)
+        model_in = _model_input(run, x, t, prefix)
+        timesteps = t.to(run.device).expand(run.shape[0], frames)
+        v = run.velocity(model_in, timesteps)
+        if v.shape != x.shape:
+            raise ValueError(f"model returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
+        # Euler step only for the frames whose chunk advanced in this row
+        mask = upd[r].to(run.device)
+        dsig = (sig_out - sig_in).to(device=run.device, dtype=run.dtype)
+        x = torch.where(mask.view(1, 1, frames, 1, 1), x + dsig.view(1, 1, frames, 1, 1) * v.to(run.dtype), x)
+        if run.bar is not None:
+            run.bar.update(1)
+        if run.on_row is not None:
+            run.on_row(RowInfo(seg, r, sched.num_rows, x, timesteps, mask, sig_out, run.calls))
+    return x
 
 
 def sample(
@@ -185,109 +294,38 @@ def sample(
     bar over rows (on stderr) or an existing tqdm-like object with ``update(n)``. `history` [B, C, P, H, W]:
     clean frames to continue from (whole chunks); they are the first window's prefix and the output's start.
     """
-    config = config or SamplerConfig()
-    unknown = set(overrides) - {f.name for f in fields(SamplerConfig)}
-    if unknown:
-        raise TypeError(f"sample() got unexpected keyword arguments {sorted(unknown)}")
-    if overrides:
-        config = replace(config, **overrides)
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 5 or min(shape) < 1:
-        raise ValueError(f"shape must be [batch, channels, frames, height, width] with positive sizes, got {shape}")
-    batch, _, num_frames, _, _ = shape
+    config = _resolve_config(config, overrides)
+    shape = _check_shape(shape)
     if generator is None:
         generator = torch.Generator().manual_seed(int(seed))
     device = torch.device(device) if device is not None else torch.device("cpu")
-    use_cfg = negative_conditioning is not None and config.guidance_scale != 1.0
-    g = config.guidance_scale
-    context, reset = _model_hooks(model)
-
-    history_frames = 0
-    if history is not None:
-        history_frames = history.shape[2]
-        if (history.dim() != 5 or history.shape[0] != batch or history.shape[1] != shape[1]
-                or tuple(history.shape[3:]) != tuple(shape[3:])):
-            raise ValueError(f"history must be [B, C, P, H, W] matching shape {tuple(shape)}, got {tuple(history.shape)}")
-        window = num_frames if config.window_frames is None else min(config.window_frames, num_frames)
-        if history_frames % config.causal_block_size or history_frames >= window:
-            raise ValueError(f"history of {history_frames} frames must be whole chunks of causal_block_size="
-                             f"{config.causal_block_size} and shorter than the window ({window})")
-    segments = plan_segments(num_frames, config.window_frames, config.overlap_frames, history_frames)
+    context, reset = model_hooks(model)
+    history_frames = _history_frames(history, shape, config)
+    segments = plan_segments(shape[2], config.window_frames, config.overlap_frames, history_frames)
     schedules = [
         diffusion_forcing_schedule(s.length, config.causal_block_size, config.ar_step, config.steps, s.prefix)
         for s in segments
     ]
     total_rows = sum(s.num_rows for s in schedules)
-    sigmas = sigma_schedule(config.steps, config.shift)  # float64 [steps + 1], 1 -> 0
+    bar, own_bar = _progress_bar(progress, total_rows)
+    run = _Run(model, conditioning, negative_conditioning, config, shape, generator, device, dtype, context,
+               sigma_schedule(config.steps, config.shift), bar, on_row, len(segments))
 
-    bar, own_bar = None, False
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar, own_bar = tqdm(total=total_rows, desc="denoise", unit="row", leave=False), True
-    elif progress:
-        bar = progress
-
-    calls = 0
     out: torch.Tensor | None = None if history is None else history.to(device=device, dtype=dtype)
     start_time = time.perf_counter()
     try:
         with torch.no_grad():
             for seg, sched in zip(segments, schedules):
-                if reset is not None:
-                    reset()
-                frames, prefix = seg.length, seg.prefix
-                window_shape = (batch, shape[1], frames, shape[3], shape[4])
-                x = torch.randn(window_shape, generator=generator, dtype=dtype).to(device)
-                if prefix:
-                    x[:, :, :prefix] = out[:, :, seg.start : seg.start + prefix]
-                in_idx = sched.frame_input_index()  # [rows, frames]
-                out_idx = sched.frame_step_index()
-                upd = sched.frame_update_mask()
-                noise_factor = config.addnoise_condition / NUM_TRAIN_TIMESTEPS
-                if bar is not None and hasattr(bar, "set_postfix_str"):
-                    bar.set_postfix_str(f"window {seg.index + 1}/{len(segments)}")
-                for r in range(sched.num_rows):
-                    sig_in, sig_out = sigmas[in_idx[r]], sigmas[out_idx[r]]
-                    t = (NUM_TRAIN_TIMESTEPS * sig_in).to(torch.float32)
-                    model_in = x
-                    if prefix:
-                        # The clean history is shown to the model slightly noised and at a matching timestep
-                        # (SkyReels-V2 addnoise_condition); the stored prefix itself never changes.
-                        t[:prefix] = config.addnoise_condition
-                        if config.addnoise_condition > 0:
-                            model_in = x.clone()
-                            eps = torch.randn(
-                                (batch, shape[1], prefix, shape[3], shape[4]), generator=generator, dtype=dtype
-                            ).to(device)
-                            model_in[:, :, :prefix] = x[:, :, :prefix] * (1 - noise_factor) + eps * noise_factor
-                    timesteps = t.to(device).expand(batch, frames)
-                    with context("cond"):
-                        v = model(model_in, timesteps, conditioning)
-                    calls += 1
-                    if use_cfg:
-                        with context("uncond"):
-                            v_u = model(model_in, timesteps, negative_conditioning)
-                        calls += 1
-                        v = v_u + g * (v - v_u)
-                    if v.shape != x.shape:
-                        raise ValueError(f"model returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
-                    mask = upd[r].to(device)
-                    dsig = (sig_out - sig_in).to(device=device, dtype=dtype)
-                    x = torch.where(
-                        mask.view(1, 1, frames, 1, 1), x + dsig.view(1, 1, frames, 1, 1) * v.to(dtype), x
-                    )
-                    if bar is not None:
-                        bar.update(1)
-                    if on_row is not None:
-                        on_row(RowInfo(seg, r, sched.num_rows, x, timesteps, mask, sig_out, calls))
-                out = x if out is None else torch.cat([out, x[:, :, prefix:]], dim=2)
+                reset()  # a new window is a new generation for any cached activation
+                x = _window(run, seg, sched, out)
+                # the window's prefix is already in `out`: only its new frames are appended
+                out = x if out is None else torch.cat([out, x[:, :, seg.prefix :]], dim=2)
     finally:
         if own_bar:
             bar.close()
     return SampleResult(
         latent=out,
-        model_calls=calls,
+        model_calls=run.calls,
         wall_time_s=time.perf_counter() - start_time,
         rows=total_rows,
         segments=segments,

@@ -326,9 +326,9 @@ def test_bench_settings_controls(tmp_path):
     assert s.seeds == tuple(range(8)) and s.policies == BENCH_POLICIES
     assert {"placebo", "oracle"} <= set(s.policies) and s.oracle_fractions == (0.2, 0.3, 0.45, 0.6)
     cfgs = sweep_configs(BenchSettings(policies=("placebo", "oracle"), motion_sources=("latent", "hidden")), 10.0)
-    assert [c.id for c in cfgs] == ["placebo-latent-0.05", "placebo-latent-0.1", "placebo-latent-0.2",
-                                    "oracle-0.2", "oracle-0.3", "oracle-0.45", "oracle-0.6"]
-    assert all(c.config.placebo_seed == 0 for c in cfgs[:3]) and not any(c.timed for c in cfgs[3:])
+    assert [c.id for c in cfgs] == ["placebo-latent-0.02", "placebo-latent-0.05", "placebo-latent-0.1",
+                                    "placebo-latent-0.2", "oracle-0.2", "oracle-0.3", "oracle-0.45", "oracle-0.6"]
+    assert all(c.config.placebo_seed == 0 for c in cfgs[:4]) and not any(c.timed for c in cfgs[4:])
     with pytest.raises(ValueError, match="oracle_fractions"):
         BenchSettings(oracle_fractions=(0.0,))
     assert main(["bench", "--match-fractions", "1.5", "--out", str(tmp_path)]) == 2

@@ -154,7 +154,8 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
                    help="computed-token fractions of the matched-compute PSNR table (default 0.3,0.45,0.6)")
     p.add_argument("--thresholds", type=_threshold_spec, action="append", default=None, metavar="POLICY=T1,T2",
                    help="threshold sweep of one policy (repeatable), e.g. --thresholds motioncache=0.05,0.1,0.2; "
-                        "default teacache=0.1,0.4, flowcache=0.05,0.1,0.2, motioncache=0.05,0.1,0.2 (quick: 0.1 each)")
+                        "default teacache=0.02,0.05,0.1,0.4, flowcache=0.02,0.05,0.1,0.2, motioncache (and placebo)="
+                        "0.02,0.05,0.1,0.2 (quick: 0.1 each)")
     p.add_argument("--motion-sources", type=_csv(str, MOTION_SOURCES, "motion source"), default=None,
                    metavar="SRC,...", help="MotionCache motion_source values to compare: " + ", ".join(MOTION_SOURCES)
                         + " (default: all; quick: hidden)")

@@ -138,10 +138,18 @@ def export_onnx(model, path: str | Path, *example_args, example_kwargs: dict | N
                       state=list(graph.state_names))
 
 
+def _state_doc(name: str) -> str:
+    if name in STATE_DOCS:
+        return STATE_DOCS[name]
+    if name.startswith("watch_"):
+        return (f"input {name[len('watch_'):]!r} at the context's last call: a change forces recomputation of the "
+                "sample (the indicator cannot see this input)")
+    return "per-layer self-attention key/value cache [B, H, L, Dh]"
+
+
 def _document(proto, graph: StepGraph, step, spec, bound, flat, tensor_slots, state, names_in, buckets) -> None:
     """Doc strings on the state inputs/outputs and the runner's metadata (JSON) on the model."""
-    docs = {f"state_{n}": STATE_DOCS.get(n, "per-layer self-attention key/value cache [B, H, L, Dh]")
-            for n in graph.state_names}
+    docs = {f"state_{n}": _state_doc(n) for n in graph.state_names}
     docs.update({f"new_state_{n}": f"the context's next {d}" for n, d in
                  ((n, docs[f"state_{n}"]) for n in graph.state_names)})
     docs["mcgraph_recomputed"] = "tokens the policy chose to recompute this call [B, L] bool"

@@ -159,15 +159,19 @@ class Policy:
     def select(self, due, must, computes, frames: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def decide(self, d: Distances, acc, computes, final, weights, frames: int):
-        """(recompute mask U [B, L], new acc, new computes)."""
+    def decide(self, d: Distances, acc, computes, final, weights, frames: int, invalid=None):
+        """(recompute mask U [B, L], new acc, new computes). `invalid` [B, L]: tokens whose cached values no
+        longer hold (an input the indicator does not see changed): computed whatever the policy says."""
         cfg = self.config
         changed = d.token > 0
         never = computes == 0
         warm = changed & (computes < cfg.warmup_steps)
         forced = final & changed if cfg.force_final_step else torch.zeros_like(changed)
+        must = warm | forced | never
+        if invalid is not None:
+            must = must | invalid
         acc = acc + self.step_distance(d, computes, weights)
-        update = self.select(acc >= cfg.threshold, warm | forced | never, computes, frames)
+        update = self.select(acc >= cfg.threshold, must, computes, frames)
         acc = torch.where(update, torch.zeros_like(acc), acc)
         return update, acc, computes + update.to(computes.dtype)
 

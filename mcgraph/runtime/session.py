@@ -167,7 +167,7 @@ class CacheSession:
         result = runner.run(flat, state)
         self.states[context] = (signature, result.new_state)
         if self.recording:
-            if traced:
+            if traced and torch.compiler.is_compiling():
                 self._pending.append((context, result.recomputed, result.executed, result.tokens, result.frames))
             else:
                 executed = int(result.executed)

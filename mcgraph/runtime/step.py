@@ -41,6 +41,7 @@ class Front:
     tokens: int
     frames: int
     per_frame: int
+    flat: list  # the call's flat inputs
 
 
 @dataclass
@@ -165,7 +166,8 @@ class CacheStep:
         frames, per_frame = self.geometry(flat)
         if frames * per_frame != tokens:
             raise McGraphError(f"token grid {frames}x{per_frame} does not match {tokens} tokens")
-        return Front(values, pro[-1], [values[n] for n in g.stack_inputs], h0, batch, tokens, frames, per_frame)
+        return Front(values, pro[-1], [values[n] for n in g.stack_inputs], h0, batch, tokens, frames, per_frame,
+                     list(flat))
 
     def initial_state(self, front: Front) -> dict:
         """The state before a context's first call: nothing computed yet (computes 0), so that call computes
@@ -182,6 +184,8 @@ class CacheStep:
             state["timesteps"] = torch.full((b, n), float("inf"), device=dev)
         for name, fill in self.policy.extra_state.items():
             state[name] = torch.full((b, n), fill, device=dev)
+        for name, x in self.watched_inputs(front.flat):
+            state[f"watch_{name}"] = torch.zeros_like(x)
         state["kv"] = [torch.zeros(s, dtype=self.graphs.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]
         return state
 
@@ -198,10 +202,39 @@ class CacheStep:
             return torch.zeros(front.batch, front.tokens, dtype=torch.bool, device=front.h0.device)
         return (t_tok > 0) & (t_tok <= self.config.final_timestep) & (t_tok < state["timesteps"])
 
+    def watched_inputs(self, flat) -> list[tuple[str, torch.Tensor]]:
+        """Tensor inputs whose change the indicator cannot see: all but the latent and the timesteps (which
+        enter block 0's modulated input). The conditioning is one: it enters through cross-attention only."""
+        roles = self.structure.inputs
+        latent = self.structure.grid.latent_input
+        return [(name, x) for name, x in zip(self.graphs.input_names, flat)
+                if isinstance(x, torch.Tensor) and name != latent and roles.get(name) != "timestep"]
+
+    def invalidated(self, flat, front: Front, state: dict) -> torch.Tensor:
+        """[B, L] bool: every token of a sample whose watched inputs differ from the context's last call (a
+        different prompt, a CFG branch run without its own context): its cached residuals were made for other
+        inputs, so the whole sample is recomputed."""
+        b = front.batch
+        stale = torch.zeros(b, dtype=torch.bool, device=front.h0.device)
+        for name, x in self.watched_inputs(flat):
+            prev = state[f"watch_{name}"]
+            diff = (x != prev).reshape(x.shape[0], -1).any(1) if x.dim() > 0 else (x != prev).reshape(1)
+            stale = stale | (diff if diff.shape[0] == b else diff.any().expand(b))
+        return stale[:, None].expand(b, front.tokens)
+
     def decide(self, flat, front: Front, state: dict):
-        """(recompute mask U [B, L], new acc, new computes): the policy's decision for this call."""
-        return self.policy.decide(self.distances(front, state), state["acc"], state["computes"],
-                                  self.final_step(flat, front, state), state["weights"], front.frames)
+        """(recompute mask U [B, L], new acc, new computes): the policy's decision for this call.
+
+        A token whose timestep *rises* (a new chunk in the same window slot, a new generation of the same
+        shape) is a new token: its compute count and accumulator restart, so it warms up and is computed."""
+        acc, computes = state["acc"], state["computes"]
+        t_tok = self.token_timesteps(flat, front.batch, front.frames, front.per_frame)
+        if t_tok is not None:
+            rising = t_tok > state["timesteps"]
+            computes = torch.where(rising, torch.zeros_like(computes), computes)
+            acc = torch.where(rising, torch.zeros_like(acc), acc)
+        return self.policy.decide(self.distances(front, state), acc, computes, self.final_step(flat, front, state),
+                                  state["weights"], front.frames, invalid=self.invalidated(flat, front, state))
 
     def with_config(self, config: ReuseConfig) -> CacheStep:
         """The same graphs under another caching config (its own policy)."""
@@ -313,6 +346,8 @@ class CacheStep:
                         frame_timesteps=lambda: self.token_timesteps(flat, front.batch, front.frames, 1),
                         patch_size=self.structure.grid.patch_size)
         new_state.update(self.policy.new_weights(view, state))
+        for name, x in self.watched_inputs(flat):
+            new_state[f"watch_{name}"] = x.detach().clone()  # a copy: callers may reuse their input buffers
         new_state["kv"] = list(kv)
         return new_state
 

@@ -7,6 +7,7 @@ Config)`. Every field is checked on creation and a bad value raises ConfigError 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,7 +25,39 @@ class CacheConfig:
     caches: ClassVar[bool] = False  # True: a caching policy (needs the cache step and its state)
 
     def __post_init__(self):
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """ConfigError naming the field for a value of the wrong type: a string threshold, a bool where a number
+        is meant ("no" would otherwise read as True, True as 1), a string of bucket fractions. Lists of numbers
+        for tuple fields are accepted and stored as tuples (a config read from JSON has lists)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type).replace(" ", "")
+            optional = kind.endswith("|None")
+            kind = kind.removesuffix("|None")
+            if value is None and optional:
+                continue
+            if kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            elif kind == "str":
+                ok = isinstance(value, str)
+            elif kind.startswith("tuple["):
+                ok = isinstance(value, (tuple, list)) and all(
+                    isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+                if ok:
+                    object.__setattr__(self, f.name, tuple(value))
+            else:
+                ok = True
+            if not ok:
+                want = kind + (" or None" if optional else "")
+                raise ConfigError(f"{type(self).__name__}.{f.name} = {value!r}: must be {want}, got "
+                                  f"{type(value).__name__}")
 
     def validate(self) -> None:
         """Raise ConfigError naming the offending field."""

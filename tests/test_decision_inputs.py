@@ -95,3 +95,33 @@ def test_diffusers_reset_protocol_resets_mcgraph_state():
     with torch.no_grad():
         opt(**subject.kwargs)
     assert records[-1].path == "full"
+
+
+def test_diffusers_context_protocol_and_per_context_reset():
+    subject, opt = cached("reference-untrained", LAZY)
+    with torch.no_grad():
+        with opt.cache_context("cond", step=3, is_first=False):  # diffusers' hooks pass step information
+            opt(**subject.kwargs)
+        with opt.cache_context("uncond"):
+            opt(**subject.kwargs)
+    assert set(opt.cache_session.states) == {"cond", "uncond"}
+    opt.reset_cache("cond")  # one request's reset leaves the other's state
+    assert set(opt.cache_session.states) == {"uncond"}
+
+
+@pytest.mark.parametrize("field, value", [("threshold", "0.1"), ("force_final_step", "no"),
+                                          ("temporal_voting", "false"), ("max_cache_bytes", True),
+                                          ("capacity_buckets", "0.5,1"), ("warmup_steps", 2.5),
+                                          ("placebo_seed", True), ("motion_source", 3)])
+def test_config_types_are_checked_by_field(field, value):
+    from mcgraph.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"MotionCacheConfig\.{field} = .*must be"):
+        MotionCacheConfig(**{field: value})
+
+
+def test_config_accepts_json_lists_and_numpy_numbers():
+    import numpy as np
+
+    cfg = MotionCacheConfig(threshold=np.float32(0.1), warmup_steps=np.int64(3), capacity_buckets=[0.5, 1])
+    assert cfg.capacity_buckets == (0.5, 1.0) and cfg.warmup_steps == 3

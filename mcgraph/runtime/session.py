@@ -91,8 +91,9 @@ class CacheSession:
 
     # ---------------------------------------------------------------------------------------- control
     @contextlib.contextmanager
-    def cache_context(self, name: str):
-        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
+    def cache_context(self, name: str, **step_info):
+        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond".
+        `step_info`: what diffusers' hooks pass (e.g. the step index); not needed here, accepted for the protocol."""
         previous, self._context = self._context, str(name)
         try:
             yield self
@@ -105,9 +106,12 @@ class CacheSession:
             return global_context.current_context()
         return self._context
 
-    def reset_cache(self) -> None:
-        """Forget the cache state of every context (start of a new generation or segment)."""
-        self.states.clear()
+    def reset_cache(self, context: str | None = None) -> None:
+        """Forget the cache state of `context`, or of every context (start of a new generation or segment)."""
+        if context is None:
+            self.states.clear()
+        else:
+            self.states.pop(str(context), None)
 
     def record_decisions(self, on: bool = True) -> list:
         """Keep a StepRecord per call; returns the list, which fills up live."""
@@ -183,13 +187,13 @@ class SessionControls:
 
     cache_session: CacheSession
 
-    def cache_context(self, name: str):
+    def cache_context(self, name: str, **step_info):
         """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"."""
-        return self.cache_session.cache_context(name)
+        return self.cache_session.cache_context(name, **step_info)
 
-    def reset_cache(self) -> None:
-        """Forget all cache state (start of a new generation or segment)."""
-        self.cache_session.reset_cache()
+    def reset_cache(self, context: str | None = None) -> None:
+        """Forget the cache state of `context`, or all of it (start of a new generation or segment)."""
+        self.cache_session.reset_cache(context)
 
     def _reset_stateful_cache(self) -> None:
         self.cache_session.reset_cache()

@@ -65,3 +65,28 @@ def test_config_errors_name_the_field():
         mcgraph.CacheConfig.from_dict({"policy": "bogus"})
     with pytest.raises(mcgraph.ConfigError, match=r"unknown field\(s\) \['threshold'\]"):
         mcgraph.CacheConfig.from_dict({"policy": "none", "threshold": 1})
+
+
+def test_identity_needs_no_structure():
+    """NoCache runs the captured graph as is: a model the analyses cannot read (no attention, no timestep)
+    still optimises and matches eager; a caching policy on it is refused by name."""
+    from mcgraph.config import MotionCacheConfig
+    from mcgraph.errors import McGraphError
+
+    class NotADiT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, image):
+            return self.head(torch.relu(self.conv(image)).mean((2, 3)))
+
+    model = NotADiT().eval()
+    x = torch.randn(2, 3, 8, 8)
+    opt = mcgraph.optimize(model, mcgraph.NoCache(), (x,))
+    assert opt.latest.structure is None  # no analysis ran
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), model(x), atol=1e-6, rtol=0)
+    with pytest.raises(McGraphError):
+        mcgraph.optimize(model, MotionCacheConfig(), (x,))

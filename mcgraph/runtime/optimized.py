@@ -115,8 +115,12 @@ class OptimizedModule(SessionControls, torch.nn.Module):
 
     @property
     def structure(self) -> ModelStructure:
-        """What the analyses found in the most recently captured specialisation."""
-        return self.latest.structure
+        """What the analyses found in the most recently captured specialisation (analysed now if the config
+        did not need it: identity runs the captured graph without any structure)."""
+        spec = self.latest
+        if spec.structure is None:
+            spec.structure = analyze(spec.captured, dump_dir=self.__dict__["_dump_dir"])
+        return spec.structure
 
     @property
     def captured(self) -> CapturedGraph:
@@ -137,9 +141,11 @@ class OptimizedModule(SessionControls, torch.nn.Module):
         first = self.__dict__["_specialisations"][0]
         spec = Specialisation(first.captured, first.structure)
         if config.caches:
+            if spec.structure is None:
+                spec.structure = analyze(first.captured, dump_dir=self.__dict__["_dump_dir"])
             graphs = first.step.graphs if first.step is not None else build_step_graphs(first.captured,
                                                                                         self.__dict__["_dump_dir"])
-            spec.step = CacheStep(graphs, first.structure, config, _chunk_frames(self.original_module, config))
+            spec.step = CacheStep(graphs, spec.structure, config, _chunk_frames(self.original_module, config))
             spec.graph = _step_graph(spec.step, spec)
         return OptimizedModule(self.original_module, config, spec, self.__dict__["_dump_dir"])
 
@@ -302,10 +308,11 @@ def _specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialis
 
 
 def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dump_dir) -> Specialisation:
-    """Analyse a captured graph and, for a caching config, build its cache step and step graph."""
-    structure = analyze(captured, dump_dir=dump_dir)
+    """For a caching config, analyse a captured graph and build its cache step and step graph. Identity needs
+    no structure: it runs the captured graph as is, so a model the analyses do not understand still runs."""
     if not config.caches:
-        return Specialisation(captured, structure)
+        return Specialisation(captured, None)
+    structure = analyze(captured, dump_dir=dump_dir)
     step = CacheStep(build_step_graphs(captured, dump_dir), structure, config, _chunk_frames(model, config))
     spec = Specialisation(captured, structure, step)
     spec.graph = _step_graph(step, spec)

@@ -237,3 +237,15 @@ def test_capacity_bucket_extras_are_the_most_overdue_tokens():
     chosen = set(index.tolist())
     assert set(range(10)) <= chosen
     assert set(range(400 - (TOKENS // 2 - 10), 400)) <= chosen  # the largest accumulators fill the bucket
+
+
+def test_cache_bytes_are_known_up_front_and_match_what_is_held():
+    """The estimate every budget check uses equals the bytes one context really holds after a call."""
+    subject, opt = cached(REF, MotionCacheConfig(threshold=0.05))
+    opt.reset_cache()
+    estimate = opt.cache_bytes_per_context()
+    assert estimate > 0
+    with torch.no_grad():
+        opt(**subject.kwargs)
+    held = opt.cache_state_bytes()
+    assert abs(held - estimate) <= 0.02 * estimate, (held, estimate)

@@ -134,6 +134,12 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     def step(self) -> CacheStep | None:
         return self.latest.step
 
+    def cache_bytes_per_context(self, *args, **kwargs) -> int:
+        """Bytes of one cache context's state for a call with these inputs (default: the capture's example),
+        computed before anything is allocated; 0 without a caching config. CFG needs two contexts."""
+        spec, _, flat = self.specialisation_for(*args, **(kwargs or ({} if args else self.latest.captured.example_bound)))
+        return spec.step.state_bytes_for(flat) if spec.step is not None else 0
+
     def with_config(self, config: CacheConfig) -> OptimizedModule:
         """The same captured graphs under another cache config (e.g. a threshold sweep), with fresh state.
         Capture and analysis are not repeated; only the cheap cache-aware step is rebuilt."""

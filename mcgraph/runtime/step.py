@@ -151,9 +151,14 @@ class CacheStep:
         return batch * tokens * per_token
 
     def state_bytes_for(self, flat) -> int:
+        """Bytes of one context's state for a call with these inputs: per-token state, K/V, the policy's
+        extras and the copies of the watched inputs (known before anything is allocated)."""
         frames, per_frame = self.geometry(flat)
         latent = self.latent_input(flat)
-        return self.state_bytes(latent.shape[0], frames * per_frame, latent.dtype)
+        batch, tokens = latent.shape[0], frames * per_frame
+        extras = len(self.policy.extra_state) * batch * tokens * 4
+        watched = sum(x.numel() * x.element_size() for _, x in self.watched_inputs(flat))
+        return self.state_bytes(batch, tokens, latent.dtype) + extras + watched
 
     # ------------------------------------------------------------------------------------------ stages
     def front(self, flat) -> Front:

@@ -147,3 +147,19 @@ def test_not_an_mcgraph_file(tmp_path):
     torch.onnx.export(lin, (torch.randn(1, 3),), str(tmp_path / "lin.onnx"), dynamo=True, verbose=False)
     with pytest.raises(McGraphError, match="not written by mcgraph"):
         mcgraph.export.OrtSession(tmp_path / "lin.onnx")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage-not-a-model" * 3], ids=["empty", "corrupt"])
+def test_unreadable_onnx_file_names_the_file(tmp_path, content):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(content)
+    with pytest.raises(McGraphError, match="broken.onnx"):
+        mcgraph.export.OrtSession(path)
+    with pytest.raises(McGraphError, match="no such ONNX file"):
+        mcgraph.export.OrtSession(tmp_path / "missing.onnx")
+
+
+def test_optimising_an_optimised_module_is_refused():
+    subject, opt = cached("reference-untrained", CONFIG)
+    with pytest.raises(ConfigError, match="already an mcgraph.optimize result"):
+        mcgraph.optimize(opt, CONFIG, (), subject.kwargs)

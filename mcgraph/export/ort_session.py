@@ -57,7 +57,13 @@ class OrtSession(SessionControls):
         import onnxruntime as ort
 
         self.path = str(path)
-        model = onnx.load(self.path, load_external_data=False)
+        if not Path(self.path).is_file():
+            raise McGraphError(f"{self.path}: no such ONNX file")
+        try:
+            model = onnx.load(self.path, load_external_data=False)
+        except Exception as exc:  # protobuf decode errors name neither the file nor the cause
+            raise McGraphError(f"{self.path} is not a readable ONNX model (empty, truncated or corrupt: "
+                               f"{type(exc).__name__}: {str(exc)[:200]})") from exc
         meta = {p.key: p.value for p in model.metadata_props}.get(META_KEY)
         if meta is None:
             raise McGraphError(f"{self.path} was not written by mcgraph.export.onnx (no {META_KEY!r} metadata)")

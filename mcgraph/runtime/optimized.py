@@ -343,6 +343,9 @@ def optimize(
     """
     config = config if config is not None else NoCache()
     _check_config(config)
+    if isinstance(model, OptimizedModule):
+        raise ConfigError("this model is already an mcgraph.optimize result; optimise the original "
+                          "(`model.original_module`) or use `model.with_config(config)` for another config")
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
     spec = _specialise(model, example_args, example_kwargs, config, dump_dir)

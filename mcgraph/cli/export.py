@@ -184,11 +184,13 @@ def verify(opt, path, kwargs: dict, *, threads: int | None = None, calls: int = 
 
 
 def _perturb(value, i: int, generator):
-    """The i-th verify input: float tensors drift slightly; a video latent ([B, C, F, H, W]) drifts more in its
-    second half of frames, so the policy recomputes some tokens and reuses others (subset calls)."""
+    """The i-th verify input: a video latent ([B, C, F, H, W]) drifts slightly, and more in its second half of
+    frames, so the policy recomputes some tokens and reuses others (subset calls). Other inputs (conditioning,
+    timesteps) stay as they are, as within one generation: a changed conditioning would (rightly) force every
+    token to be recomputed."""
     import torch
 
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 5:
         return value
     out = value + 0.002 * i * torch.randn(value.shape, generator=generator)
     if value.dim() == 5 and value.shape[2] > 1:

@@ -16,13 +16,19 @@ from PIL import Image
 __all__ = ["save_gif", "save_strip", "to_uint8_frames"]
 
 
-def to_uint8_frames(video) -> np.ndarray:
-    """[frames, 3, H, W] in [-1, 1] -> uint8 [frames, H, W, 3] (values outside [-1, 1] are clipped)."""
+def as_frames(video) -> np.ndarray:
+    """`video` (tensor or array) as a float32 numpy [frames, 3, H, W]; anything else is a ValueError."""
     if hasattr(video, "detach"):
         video = video.detach().float().cpu().numpy()
     video = np.asarray(video, dtype=np.float32)
     if video.ndim != 4 or video.shape[1] != 3:
         raise ValueError(f"video must be [frames, 3, height, width], got shape {video.shape}")
+    return video
+
+
+def to_uint8_frames(video) -> np.ndarray:
+    """[frames, 3, H, W] in [-1, 1] -> uint8 [frames, H, W, 3] (values outside [-1, 1] are clipped)."""
+    video = as_frames(video)
     pixels = np.clip((video + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return pixels.transpose(0, 2, 3, 1)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mcgraph.eval.video_io import as_frames  # noqa: F401  (re-exported: gates and tests use it from here)
 from mcgraph.zoo.scenes import DIRECTIONS, PALETTE, Scene, random_scene, render
 
 # ---- measurement settings -------------------------------------------------------------------------------
@@ -32,16 +33,6 @@ BACKGROUND_MARGIN = 2  # pixels of dilation around sprites before a pixel counts
 
 
 # ---- small image tools (numpy only) -----------------------------------------------------------------------
-
-def as_frames(video) -> np.ndarray:
-    """`video` (tensor or array) as a float32 numpy [frames, 3, H, W]; anything else is an error."""
-    if hasattr(video, "detach"):
-        video = video.detach().float().cpu().numpy()
-    video = np.asarray(video, dtype=np.float32)
-    if video.ndim != 4 or video.shape[1] != 3:
-        raise ValueError(f"video must be [frames, 3, H, W], got {video.shape}")
-    return video
-
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation of [..., H, W] masks by a (2r+1) square."""

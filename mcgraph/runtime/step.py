@@ -12,7 +12,8 @@ decision, the skip / subset / full branches, the state update):
 
 With the same buckets both modes compute the same thing. State per context is a dict of tensors (the
 indicator of the last call, per-token accumulators / compute counts / motion weights / last timesteps, the
-block-stack residual R = h_L - h_0 and every self-attention layer's K and V); it lives in the session.
+block-stack residual R = h_L - h_0, every self-attention layer's K and V, and `watch_<input>`: the inputs the
+indicator cannot see, whose change invalidates the sample); it lives in the session.
 """
 
 from __future__ import annotations

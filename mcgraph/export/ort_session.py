@@ -110,9 +110,8 @@ class OrtSession(SessionControls):
                                    "non-tensor arguments are baked into the graph: export again with it")
         return {n: bound[n] for n in names}
 
-    def feeds(self, flat) -> dict:
-        """ONNX Runtime's feeds of the model's tensor inputs, shapes checked against the export."""
-        feeds = {}
+    def check_inputs(self, flat) -> None:
+        """The model's tensor inputs have the exported shapes (a call of other shapes needs another export)."""
         for spec in self.meta["tensor_inputs"]:
             value = flat[spec["slot"]]
             if not isinstance(value, torch.Tensor):
@@ -120,12 +119,14 @@ class OrtSession(SessionControls):
             if list(value.shape) != spec["shape"]:
                 raise McGraphError(f"input {spec['name']!r} has shape {list(value.shape)}; {self.path} was exported "
                                    f"for {spec['shape']} (export again with example inputs of this shape)")
-            feeds[spec["name"]] = value.detach().cpu().numpy()
-        return feeds
+
+    def feeds(self, flat) -> dict:
+        """ONNX Runtime's feeds of the model's tensor inputs (checked by `check_inputs`)."""
+        return {spec["name"]: flat[spec["slot"]].detach().cpu().numpy() for spec in self.meta["tensor_inputs"]}
 
     def __call__(self, *args, **kwargs):
         flat = fx_pytree.tree_flatten_spec(((), self._bind(args, kwargs)), self.in_spec)
-        self.feeds(flat)  # shapes first: a wrong shape is refused before any state exists
+        self.check_inputs(flat)  # before the session: a wrong shape must not reset the context's state
         outputs = self.cache_session.call(flat, self.runner)
         if self.out_spec is None:
             return tuple(outputs)

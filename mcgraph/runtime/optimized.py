@@ -29,7 +29,7 @@ from mcgraph.config import CacheConfig, NoCache, ReuseConfig
 from mcgraph.errors import CaptureError, ConfigError
 from mcgraph.runtime.session import CacheSession, SessionControls
 from mcgraph.runtime.step import CacheStep
-from mcgraph.runtime.step_graph import StepGraph, assert_finite_in_graph
+from mcgraph.runtime.step_graph import StepGraph
 
 MAX_SPECIALISATIONS = 8
 
@@ -83,7 +83,9 @@ class TracedRunner(EagerRunner):
         self.graph = graph
 
     def run(self, flat, state):
-        assert_finite_in_graph(flat, self.step.graphs.input_names)
+        # the in-graph twin of the session's check (skipped when traced): a compiled module cannot raise from
+        # Python, and dynamo never writes the state back when the graph raises
+        _assert_finite_in_graph(flat, self.step.graphs.input_names)
         return self.step(flat, state, traced=True, buckets=self.graph.buckets)
 
 
@@ -137,7 +139,11 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     def cache_bytes_per_context(self, *args, **kwargs) -> int:
         """Bytes of one cache context's state for a call with these inputs (default: the capture's example),
         computed before anything is allocated; 0 without a caching config. CFG needs two contexts."""
-        spec, _, flat = self.specialisation_for(*args, **(kwargs or ({} if args else self.latest.captured.example_bound)))
+        if args or kwargs:
+            spec, _, flat = self.specialisation_for(*args, **kwargs)
+        else:  # the capture's own example: no guard check (a model call) needed
+            spec = self.latest
+            flat = spec.flatten(spec.captured.example_bound)
         return spec.step.state_bytes_for(flat) if spec.step is not None else 0
 
     def with_config(self, config: CacheConfig) -> OptimizedModule:
@@ -159,9 +165,10 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     def stack_inputs(self, *args, **kwargs) -> list:
         """Run the prologue on a call's inputs and return what the block stack reads (stack / subset_stack
         arguments), for benchmarks and tests that drive the step's graphs by hand."""
-        spec, _, flat = self.specialisation_for(*args, **kwargs)
+        spec = self.latest
         if spec.step is None:
             raise ConfigError("stack_inputs needs a caching config (the stack is only split out for caching)")
+        flat = spec.flatten(bind_call(self.original_module, args, kwargs))
         with torch.no_grad():
             return spec.step.front(flat).stack_in
 
@@ -264,6 +271,13 @@ class OptimizedModule(SessionControls, torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.__dict__["_original"], name)
+
+
+def _assert_finite_in_graph(flat, names) -> None:
+    for name, value in zip(names, flat):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch._assert_async(torch.isfinite(value).all(), f"mcgraph: input {name!r} contains NaN or Inf; the "
+                                "call was refused before the cache state was touched")
 
 
 def _check_config(config) -> None:

@@ -146,10 +146,6 @@ class Policy:
         self.config = config
         self.chunk_frames = chunk_frames
 
-    @property
-    def name(self) -> str:
-        return self.config.policy
-
     # state the policy keeps beyond the common one: name -> initial fill value ([B, L] float)
     extra_state: ClassVar[dict[str, float]] = {}
 

@@ -120,12 +120,15 @@ class CacheSession:
 
     @property
     def decision_records(self) -> list:
-        for context, recomputed, executed, tokens, frames in self._pending:
-            executed = int(executed)
-            self._records.append(StepRecord(context, recomputed.cpu(), executed, tokens, frames,
-                                            execution_path(executed, tokens)))
+        for pending in self._pending:
+            self._record(*pending)
         self._pending.clear()
         return self._records
+
+    def _record(self, context: str, recomputed, executed, tokens: int, frames: int) -> None:
+        executed = int(executed)
+        self._records.append(StepRecord(context, recomputed.detach().cpu(), executed, tokens, frames,
+                                        execution_path(executed, tokens)))
 
     def cache_state_bytes(self) -> int:
         """Bytes held by the cache state of all contexts now."""
@@ -171,12 +174,11 @@ class CacheSession:
         result = runner.run(flat, state)
         self.states[context] = (signature, result.new_state)
         if self.recording:
+            record = (context, result.recomputed, result.executed, result.tokens, result.frames)
             if traced and torch.compiler.is_compiling():
-                self._pending.append((context, result.recomputed, result.executed, result.tokens, result.frames))
+                self._pending.append(record)  # .cpu() / int() of graph values: made when read
             else:
-                executed = int(result.executed)
-                self._records.append(StepRecord(context, result.recomputed.detach().cpu(), executed, result.tokens,
-                                                result.frames, execution_path(executed, result.tokens)))
+                self._record(*record)
         return result.outputs
 
 
@@ -196,7 +198,7 @@ class SessionControls:
         self.cache_session.reset_cache(context)
 
     def _reset_stateful_cache(self) -> None:
-        self.cache_session.reset_cache()
+        self.reset_cache()
 
     def record_decisions(self, on: bool = True) -> list:
         """Keep a StepRecord per call (which tokens were recomputed); returns the list, which fills up live."""

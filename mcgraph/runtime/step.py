@@ -43,6 +43,7 @@ class Front:
     frames: int
     per_frame: int
     flat: list  # the call's flat inputs
+    timesteps: torch.Tensor | None  # each token's timestep [B, L] (read once per call), None without one
 
 
 @dataclass
@@ -173,7 +174,7 @@ class CacheStep:
         if frames * per_frame != tokens:
             raise McGraphError(f"token grid {frames}x{per_frame} does not match {tokens} tokens")
         return Front(values, pro[-1], [values[n] for n in g.stack_inputs], h0, batch, tokens, frames, per_frame,
-                     list(flat))
+                     list(flat), self.token_timesteps(flat, batch, frames, per_frame))
 
     def initial_state(self, front: Front) -> dict:
         """The state before a context's first call: nothing computed yet (computes 0), so that call computes
@@ -203,7 +204,7 @@ class CacheStep:
     def final_step(self, flat, front: Front, state: dict) -> torch.Tensor:
         """[B, L] bool: the token's timestep *drops* into (0, final_timestep] this call (its final denoising
         step); a history frame held at a small timestep (re-noised prefix) is not final on every call."""
-        t_tok = self.token_timesteps(flat, front.batch, front.frames, front.per_frame)
+        t_tok = front.timesteps
         if t_tok is None:
             return torch.zeros(front.batch, front.tokens, dtype=torch.bool, device=front.h0.device)
         return (t_tok > 0) & (t_tok <= self.config.final_timestep) & (t_tok < state["timesteps"])
@@ -234,9 +235,8 @@ class CacheStep:
         A token whose timestep *rises* (a new chunk in the same window slot, a new generation of the same
         shape) is a new token: its compute count and accumulator restart, so it warms up and is computed."""
         acc, computes = state["acc"], state["computes"]
-        t_tok = self.token_timesteps(flat, front.batch, front.frames, front.per_frame)
-        if t_tok is not None:
-            rising = t_tok > state["timesteps"]
+        if front.timesteps is not None:
+            rising = front.timesteps > state["timesteps"]
             computes = torch.where(rising, torch.zeros_like(computes), computes)
             acc = torch.where(rising, torch.zeros_like(acc), acc)
         return self.policy.decide(self.distances(front, state), acc, computes, self.final_step(flat, front, state),
@@ -342,10 +342,8 @@ class CacheStep:
         """The new state after a call: the updated accumulators and what the policy keeps (motion weights)."""
         new_state = {k: v for k, v in state.items() if k != "kv"}
         new_state.update(indicator=front.indicator, acc=acc, computes=computes, residual=residual)
-        if self.has_timesteps:
-            t_now = self.token_timesteps(flat, front.batch, front.frames, front.per_frame)
-            if t_now is not None:
-                new_state["timesteps"] = t_now
+        if front.timesteps is not None:
+            new_state["timesteps"] = front.timesteps
         view = CallView(h_l=h_l, residual=residual, old_residual=state["residual"], fresh=fresh,
                         computes_before=state["computes"], frames=front.frames,
                         latent=lambda: self.latent_input(flat), velocity=lambda: outputs[0],

@@ -53,9 +53,6 @@ class StepGraph(torch.nn.Module):
 
     def forward(self, *args):
         flat, state = list(args[:self.num_inputs]), self.state_from_list(args[self.num_inputs:])
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-            # the in-graph twin of the session's check: a compiled module cannot raise from Python
-            assert_finite_in_graph(flat, self.step.graphs.input_names)
         result = self.step(flat, state, traced=True, buckets=self.buckets)
         new = self.state_to_list(result.new_state)
         if torch.compiler.is_exporting():
@@ -70,9 +67,3 @@ class StepGraph(torch.nn.Module):
         outs = [f"output_{i}" for i in range(self.num_outputs)]
         return outs + list(DECISION_OUTPUTS) + [f"new_state_{n}" for n in self.state_names]
 
-
-def assert_finite_in_graph(flat, names) -> None:
-    for name, value in zip(names, flat):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            torch._assert_async(torch.isfinite(value).all(), f"mcgraph: input {name!r} contains NaN or Inf; the "
-                                "call was refused before the cache state was touched")

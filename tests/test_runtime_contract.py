@@ -8,13 +8,15 @@ the input, and the next good call returns exactly what a twin runtime that never
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 import mcgraph
 import mcgraph.export
 from mcgraph.config import MotionCacheConfig
-from mcgraph.runtime.session import NonFiniteInputError
+from mcgraph.runtime.session import ConcurrentContextError, NonFiniteInputError
 from mcgraph.zoo.causal_dit import CausalVideoDiT
 
 CONFIG = MotionCacheConfig(threshold=0.05, warmup_steps=1, phase1_computes=0, capacity_buckets=(0.5, 1.0),
@@ -53,28 +55,29 @@ def onnx_file(model, tmp_path_factory):
 
 
 def _runtime(kind: str, model, onnx_file):
-    """(callable like the model, context manager factory, reset) for one runtime, with fresh state."""
+    """(callable like the model, reset, cache context manager) for one runtime, with fresh state."""
     import torch._dynamo
 
     if kind == "onnx":
         session = mcgraph.export.OrtSession(onnx_file, threads=1)
-        return session, session.reset_cache
+        return session, session.reset_cache, session.cache_context
     if kind == "backend":
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="mcgraph", dynamic=True, fullgraph=True,
                                  options={"config": CONFIG, "backend": "aot_eager"})
-        return compiled, mcgraph.reset_cache
+        return compiled, mcgraph.reset_cache, mcgraph.cache_context
     opt = mcgraph.optimize(model, CONFIG, example_kwargs=_calls()[0])
     if kind == "compile":
         torch._dynamo.reset()
-        return torch.compile(opt, backend="aot_eager", fullgraph=True, dynamic=False), opt.reset_cache
-    return opt, opt.reset_cache
+        compiled = torch.compile(opt, backend="aot_eager", fullgraph=True, dynamic=False)
+        return compiled, opt.reset_cache, opt.cache_context
+    return opt, opt.reset_cache, opt.cache_context
 
 
 @pytest.mark.parametrize("kind", RUNTIMES)
 def test_bad_input_is_refused_alike_and_never_reaches_the_state(kind, model, onnx_file):
     first, second = _calls()
-    run, reset = _runtime(kind, model, onnx_file)
+    run, reset, _ = _runtime(kind, model, onnx_file)
     reset()
     with torch.no_grad():
         run(**first)
@@ -92,3 +95,69 @@ def test_bad_input_is_refused_alike_and_never_reaches_the_state(kind, model, onn
             got = run(**second)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
         assert torch.isfinite(got).all()
+
+
+# ------------------------------------------------------------------------------------------ two threads
+def _request(seed: int, steps: int = 3) -> list[dict]:
+    """One request's calls: its own latent and conditioning, a falling timestep."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 6, 12, 10, generator=g)
+    ctx = torch.randn(1, 5, 8, generator=g)
+    return [dict(hidden_states=x * (1 - 0.1 * i), timesteps=torch.full((1, 6), 900.0 - 100 * i), context=ctx)
+            for i in range(steps)]
+
+
+def _serve_concurrently(run, context_of, requests: dict[str, list[dict]]) -> dict[str, list[torch.Tensor]]:
+    """Each request in its own thread and cache context, in lock step: a barrier before every call, so each
+    call runs while the other thread is inside a different context."""
+    barrier = threading.Barrier(len(requests))
+    outputs: dict[str, list] = {name: [] for name in requests}
+    errors: list[BaseException] = []
+
+    def serve(name: str) -> None:
+        try:
+            with context_of(name), torch.no_grad():
+                for call in requests[name]:
+                    barrier.wait(timeout=120)
+                    outputs[name].append(run(**call))
+        except BaseException as exc:  # re-raised in the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=serve, args=(name,)) for name in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return outputs
+
+
+@pytest.mark.parametrize("kind", [k for k in RUNTIMES if k != "compile"])
+def test_two_threads_in_two_contexts_get_what_each_gets_alone(kind, model, onnx_file):
+    run, reset, context_of = _runtime(kind, model, onnx_file)
+    requests = {"a": _request(1), "b": _request(2)}
+    reset()
+    alone = {}
+    for name, calls in requests.items():
+        with context_of(name), torch.no_grad():
+            alone[name] = [run(**c) for c in calls]
+    reset()
+    together = _serve_concurrently(run, context_of, requests)
+    for name in requests:
+        for step, (got, want) in enumerate(zip(together[name], alone[name])):
+            assert torch.equal(got, want), f"{kind}: request {name!r}, call {step} differs from the request alone"
+
+
+def test_compiled_optimised_module_refuses_two_threads_in_different_contexts(model, onnx_file):
+    """torch.compile of an optimised module reads the context as an attribute (dynamo cannot read context
+    variables): two threads in different contexts would share it, so the second context is refused."""
+    run, reset, context_of = _runtime("compile", model, onnx_file)
+    first, second = _calls()
+    with torch.no_grad():
+        want = run(**first)
+    with pytest.raises(ConcurrentContextError, match="backend='mcgraph'"):
+        _serve_concurrently(run, context_of, {"a": _request(1), "b": _request(2)})
+    with torch.no_grad():  # the refusal touched no state: the default context carries on
+        torch.testing.assert_close(run(**first), want, atol=1e-6, rtol=0)

@@ -13,6 +13,9 @@ representation): eager `OptimizedModule` (a `CacheStep`), the torch.compile back
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import itertools
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +31,11 @@ from mcgraph.runtime.step import StepResult, execution_path
 
 class CacheMemoryError(McGraphError, MemoryError):
     """The cache state would exceed the configured budget; nothing was allocated."""
+
+
+class ConcurrentContextError(McGraphError, RuntimeError):
+    """Two threads hold different cache contexts of one module that torch.compile traced (dynamo reads the
+    context as a plain attribute: it cannot read context variables)."""
 
 
 class NonFiniteInputError(McGraphError, ValueError):
@@ -52,6 +60,9 @@ class StepRunner(Protocol):
     def run(self, flat: list, state: Any | None) -> StepResult: ...
 
     def state_bytes(self, flat: list) -> int: ...
+
+
+_SESSION_IDS = itertools.count()
 
 
 def signature_of(flat) -> tuple:
@@ -82,7 +93,7 @@ class CacheSession:
         self.max_cache_bytes = max_cache_bytes
         self.global_contexts = global_contexts
         self.states: dict[str, tuple] = states if states is not None else {}  # context -> (signature, state)
-        self._context = "default"
+        self._init_context()
         self.recording = False
         self._records: list = []
         self._pending: list = []  # records made under tracing (tensors), turned into StepRecords when read
@@ -90,21 +101,66 @@ class CacheSession:
             global_context.register(self)
 
     # ---------------------------------------------------------------------------------------- control
+    def _init_context(self) -> None:
+        # the active context per thread / asyncio task: two requests served concurrently never share a state
+        self._context_var = contextvars.ContextVar(f"mcgraph_context_{next(_SESSION_IDS)}", default="default")
+        # torch.compile of an optimised module cannot read a context variable (dynamo: unsupported), so traced
+        # calls read this plain mirror, which dynamo guards on; `_holders` lets cache_context refuse the one
+        # situation the mirror cannot serve: two threads in different contexts of a traced module
+        self._traced_context = "default"
+        self.traced_in_use = False
+        self._holders: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_context_var", "_traced_context", "_holders", "_lock"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_context()
+        if self.global_contexts:
+            global_context.register(self)
+
     @contextlib.contextmanager
     def cache_context(self, name: str, **step_info):
-        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond".
-        `step_info`: what diffusers' hooks pass (e.g. the step index); not needed here, accepted for the protocol."""
-        previous, self._context = self._context, str(name)
+        """Calls inside use (and update) the cache state of context `name`, e.g. "cond" / "uncond"; per thread
+        and per asyncio task. `step_info`: what diffusers' hooks pass (e.g. the step index); accepted for the
+        protocol, not needed here."""
+        name = str(name)
+        thread = threading.get_ident()
+        with self._lock:
+            others = {c for t, c in self._holders.items() if t != thread and c != name}
+            if self.traced_in_use and others:
+                raise ConcurrentContextError(
+                    f"{self.owner}: cache context {name!r} entered while another thread is in {sorted(others)}, "
+                    "and this module runs under torch.compile, which reads the context as a plain attribute. "
+                    "Serve concurrent requests with torch.compile(model, backend='mcgraph'), eager "
+                    "mcgraph.optimize, ONNX Runtime, or one optimised module per thread")
+            held, self._holders[thread] = self._holders.get(thread), name
+            mirrored, self._traced_context = self._traced_context, name
+        token = self._context_var.set(name)
         try:
             yield self
         finally:
-            self._context = previous
+            self._context_var.reset(token)
+            with self._lock:
+                self._traced_context = mirrored
+                if held is None:
+                    self._holders.pop(thread, None)
+                else:
+                    self._holders[thread] = held
 
     @property
     def context(self) -> str:
         if self.global_contexts:
             return global_context.current_context()
-        return self._context
+        if torch.compiler.is_compiling():
+            self.traced_in_use = True
+            return self._traced_context
+        return self._context_var.get()
 
     def reset_cache(self, context: str | None = None) -> None:
         """Forget the cache state of `context`, or of every context (start of a new generation or segment)."""

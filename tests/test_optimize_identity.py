@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mcgraph
-from mcgraph.runtime.optimized import Specialisation
+from mcgraph.runtime.specialisations import Specialisation
 from mcgraph.zoo.subjects import reference_subject
 
 from .analysed import SUBJECT_LIST, analysed

@@ -35,6 +35,11 @@ class StepGraphs:
     example_batch: int
     kv_dtype: torch.dtype
     kv_floats_per_token: int = 0  # K+V elements per token summed over layers (per batch sample)
+    # the cached indicator's width and dtype and the stream's dtype: a model may cast its inputs (the latent's
+    # dtype says nothing about them), and the indicator need not be as wide as the stream
+    indicator_dim: int = 0
+    indicator_dtype: torch.dtype | None = None
+    stream_dtype: torch.dtype | None = None
 
 
 def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
@@ -72,5 +77,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
                       stream_input=split.stream_input, input_names=input_names, stream_dim=h_l.shape[-1],
                       kv_example_shapes=[tuple(t.shape) for t in kv], example_batch=batch,
                       kv_dtype=kv[0].dtype if kv else h_l.dtype,
-                      kv_floats_per_token=sum(t.numel() for t in kv) // max(1, batch * tokens))
+                      kv_floats_per_token=sum(t.numel() for t in kv) // max(1, batch * tokens),
+                      indicator_dim=pro[-1].shape[-1], indicator_dtype=pro[-1].dtype,
+                      stream_dtype=values[split.stream_input].dtype)
 

@@ -132,7 +132,8 @@ def _check_options(options: dict) -> None:
 
 
 def _lower_and_optimize(gm, example_inputs, config, options):
-    from mcgraph.runtime.optimized import OptimizedModule, specialise_captured
+    from mcgraph.runtime.optimized import OptimizedModule
+    from mcgraph.runtime.specialisations import specialise_captured
 
     module, captured = capture_lowered(gm, example_inputs)
     with torch._guards.tracing(None), torch._guards.compile_context(None):

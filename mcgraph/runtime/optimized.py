@@ -12,54 +12,34 @@ generation segment), and reset with a warning when a context's input shapes or d
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.fx._pytree as fx_pytree
-import torch.utils._pytree as pytree
 
 from mcgraph.compiler.analysis import analyze
 from mcgraph.compiler.cache_build import build_step_graphs
-from mcgraph.compiler.capture import CapturedGraph, bind_call, capture, static_key
+from mcgraph.compiler.capture import CapturedGraph, bind_call, static_key
 from mcgraph.compiler.structure import ModelStructure
-from mcgraph.config import CacheConfig, NoCache, ReuseConfig
+from mcgraph.config import CacheConfig, NoCache
 from mcgraph.errors import CaptureError, ConfigError
+from mcgraph.runtime.memory import CacheMemoryReport, describe, warn_if_large
+from mcgraph.runtime.plain_export import refuse_plain_export, under_plain_export
+from mcgraph.runtime.model_guard import ModelSnapshot
 from mcgraph.runtime.session import CacheSession, SessionControls
+from mcgraph.runtime.specialisations import (
+    Specialisation,
+    SpecialisationSet,
+    chunk_frames,
+    specialise,
+    step_graph_for,
+)
 from mcgraph.runtime.step import CacheStep
 from mcgraph.runtime.step_graph import StepGraph
-
-MAX_SPECIALISATIONS = 8
 
 
 def _is_guard_failure(exc: BaseException) -> bool:
     return isinstance(exc, AssertionError) and str(exc).startswith("Guard failed")
-
-
-@dataclass
-class Specialisation:
-    """One captured shape specialisation: its graph, what the analyses found and, for caching configs, its
-    cache step and the step's traced form."""
-
-    captured: CapturedGraph
-    structure: ModelStructure | None
-    step: CacheStep | None = None
-    graph: StepGraph | None = None
-
-    def __post_init__(self):
-        # read once: dynamo does not trace into GraphModule.graph
-        info = self.captured.graph_module.graph._codegen.pytree_info
-        self.in_spec, self.out_spec = info.in_spec, info.out_spec
-
-    def flatten(self, bound: dict) -> list:
-        """The graph's flat inputs from a call's bound arguments."""
-        return fx_pytree.tree_flatten_spec(((), bound), self.in_spec)
-
-    def unflatten(self, outputs) -> Any:
-        """The model's return structure from the graph's flat outputs."""
-        return pytree.tree_unflatten(list(outputs), self.out_spec)
 
 
 class EagerRunner:
@@ -93,11 +73,14 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     """A cache-aware stand-in for `original`; see module docstring."""
 
     def __init__(self, original: torch.nn.Module, config: CacheConfig, first: Specialisation,
-                 dump_dir: str | Path | None = None, session: CacheSession | None = None):
+                 dump_dir: str | Path | None = None, session: CacheSession | None = None,
+                 snapshot: ModelSnapshot | None = None):
         super().__init__()
         # kept out of the module tree so parameters are not registered twice; the graphs share its tensors
         self.__dict__["_original"] = original
-        self.__dict__["_specialisations"] = [first]
+        self.__dict__["_specs"] = SpecialisationSet(
+            original, first, lambda bound: specialise(original, (), bound, config, dump_dir),
+            type(original).__name__, snapshot)
         self.__dict__["_dump_dir"] = dump_dir
         self.__dict__["_parameters_spec"] = _parameter_spec(original)
         self.__dict__["cache_session"] = session or CacheSession(
@@ -113,7 +96,7 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     @property
     def latest(self) -> Specialisation:
         """The most recently captured specialisation."""
-        return self.__dict__["_specialisations"][-1]
+        return self.__dict__["_specs"].items[-1]
 
     @property
     def structure(self) -> ModelStructure:
@@ -130,7 +113,7 @@ class OptimizedModule(SessionControls, torch.nn.Module):
 
     @property
     def specialisations(self) -> int:
-        return len(self.__dict__["_specialisations"])
+        return len(self.__dict__["_specs"].items)
 
     @property
     def step(self) -> CacheStep | None:
@@ -139,27 +122,40 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     def cache_bytes_per_context(self, *args, **kwargs) -> int:
         """Bytes of one cache context's state for a call with these inputs (default: the capture's example),
         computed before anything is allocated; 0 without a caching config. CFG needs two contexts."""
+        spec, flat = self._spec_and_flat(args, kwargs)
+        return spec.step.state_bytes_for(flat) if spec.step is not None else 0
+
+    def cache_memory_report(self, *args, **kwargs) -> CacheMemoryReport | None:
+        """What one cache context holds for a call with these inputs (default: the capture's example): every
+        state tensor, bytes per context and per token, the ratio to the weights; None without caching."""
+        spec, flat = self._spec_and_flat(args, kwargs)
+        if spec.step is None:
+            return None
+        return describe(spec.step, flat, self.original_module, getattr(self.mcgraph_config, "max_cache_bytes", None))
+
+    def _spec_and_flat(self, args: tuple, kwargs: dict) -> tuple[Specialisation, list]:
         if args or kwargs:
             spec, _, flat = self.specialisation_for(*args, **kwargs)
-        else:  # the capture's own example: no guard check (a model call) needed
-            spec = self.latest
-            flat = spec.flatten(spec.captured.example_bound)
-        return spec.step.state_bytes_for(flat) if spec.step is not None else 0
+            return spec, flat
+        spec = self.latest  # the capture's own example: no guard check (a model call) needed
+        return spec, spec.flatten(spec.captured.example_bound)
 
     def with_config(self, config: CacheConfig) -> OptimizedModule:
         """The same captured graphs under another cache config (e.g. a threshold sweep), with fresh state.
         Capture and analysis are not repeated; only the cheap cache-aware step is rebuilt."""
         _check_config(config)
-        first = self.__dict__["_specialisations"][0]
+        self._check_model()
+        first = self.__dict__["_specs"].items[0]
         spec = Specialisation(first.captured, first.structure)
         if config.caches:
             if spec.structure is None:
                 spec.structure = analyze(first.captured, dump_dir=self.__dict__["_dump_dir"])
             graphs = first.step.graphs if first.step is not None else build_step_graphs(first.captured,
                                                                                         self.__dict__["_dump_dir"])
-            spec.step = CacheStep(graphs, spec.structure, config, _chunk_frames(self.original_module, config))
-            spec.graph = _step_graph(spec.step, spec)
-        return OptimizedModule(self.original_module, config, spec, self.__dict__["_dump_dir"])
+            spec.step = CacheStep(graphs, spec.structure, config, chunk_frames(self.original_module, config))
+            spec.graph = step_graph_for(spec.step, spec)
+        return OptimizedModule(self.original_module, config, spec, self.__dict__["_dump_dir"],
+                               snapshot=self.__dict__["_specs"].snapshot)
 
     # ------------------------------------------------------------------------------------ introspection
     def stack_inputs(self, *args, **kwargs) -> list:
@@ -175,8 +171,9 @@ class OptimizedModule(SessionControls, torch.nn.Module):
     def specialisation_for(self, *args, **kwargs) -> tuple[Specialisation, dict, list]:
         """(specialisation, bound inputs, flat graph inputs) serving a call with these inputs, captured anew
         if none fits; runs the captured graph once to check its guards (no cache state is touched)."""
+        self._check_model()
         bound = bind_call(self.original_module, args, kwargs)
-        for spec in reversed(self.__dict__["_specialisations"]):
+        for spec in reversed(self.__dict__["_specs"].items):
             if spec.captured.static_key != static_key(bound):
                 continue
             try:
@@ -188,19 +185,21 @@ class OptimizedModule(SessionControls, torch.nn.Module):
                 continue
             break
         else:
-            spec = _specialise(self.original_module, (), bound, self.mcgraph_config, self.__dict__["_dump_dir"])
-            self.__dict__["_specialisations"].append(spec)
+            spec = self.__dict__["_specs"].add_for(bound, static_key(bound), [])
         return spec, bound, spec.flatten(bound)
 
     # ------------------------------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
+        if under_plain_export():
+            refuse_plain_export(self)
         if torch.compiler.is_compiling():
             return self._forward_traced(args, kwargs)
-        specs = self.__dict__["_specialisations"]
+        self._check_model()
+        specs = self.__dict__["_specs"]
         bound = bind_call(self.original_module, args, kwargs)
         key = static_key(bound)
         guard_errors = []
-        for spec in reversed(specs):
+        for spec in reversed(specs.items):
             if spec.captured.static_key != key:
                 guard_errors.append(f"captured with {dict(spec.captured.static_key)}, called with {dict(key)}")
                 continue
@@ -210,16 +209,12 @@ class OptimizedModule(SessionControls, torch.nn.Module):
                 if not _is_guard_failure(exc):
                     raise
                 guard_errors.append(str(exc))
-        if len(specs) >= MAX_SPECIALISATIONS:
-            warnings.warn(f"mcgraph: {len(specs)} shape specialisations of {self.captured.model_class} captured; "
-                          "inputs keep changing shape", stacklevel=2)
-        try:
-            spec = _specialise(self.original_module, (), bound, self.mcgraph_config, self.__dict__["_dump_dir"])
-        except CaptureError as exc:
-            raise CaptureError(f"inputs match no captured specialisation of {self.captured.model_class} "
-                               f"({guard_errors[0]}) and capturing them failed: {exc}") from exc
-        specs.append(spec)
-        return self._run(spec, bound)
+        return self._run(specs.add_for(bound, key, guard_errors), bound)
+
+    def _check_model(self) -> None:
+        """Capture again (and reset the cache state) if the model changed since it was captured."""
+        if self.__dict__["_specs"].model_changed():
+            self.cache_session.reset_cache()
 
     def _forward_traced(self, args, kwargs):
         """The call as torch.compile traces it: the same session and step, in the step's traced mode (no
@@ -227,7 +222,7 @@ class OptimizedModule(SessionControls, torch.nn.Module):
         from and written back to the session (dynamo replays the dict update after the graph)."""
         bound = _bind_static(self.__dict__["_parameters_spec"], args, kwargs)
         key = static_key(bound)
-        matching = [s for s in self.__dict__["_specialisations"] if s.captured.static_key == key]
+        matching = [s for s in self.__dict__["_specs"].items if s.captured.static_key == key]
         if not matching:
             raise CaptureError(f"no captured specialisation of {self.captured.model_class} takes these arguments "
                                f"({dict(key)}); call the optimised model once without torch.compile to capture it")
@@ -266,11 +261,30 @@ class OptimizedModule(SessionControls, torch.nn.Module):
         self.original_module._apply(fn, recurse)
         return self
 
+    def __reduce_ex__(self, protocol):
+        """pickle and copy.deepcopy: the original model, the config and the example inputs, captured again
+        when loaded (the captured graphs hold closures that do not pickle); the copy's cache state is fresh."""
+        first = self.__dict__["_specs"].items[0].captured
+        return _rebuild, (self.original_module, self.mcgraph_config, first.example_bound)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.__dict__["_original"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the original's parameters and buffers are presented as this module's (named_parameters): setting one
+        # by name (as torch.export does, swapping fake tensors in) must reach the original, not shadow it here
+        original = self.__dict__.get("_original")
+        if original is not None and (name in original._parameters or name in original._buffers):
+            setattr(original, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+def _rebuild(model: torch.nn.Module, config: CacheConfig, example_kwargs: dict) -> OptimizedModule:
+    return optimize(model, config, (), example_kwargs)
 
 
 def _assert_finite_in_graph(flat, names) -> None:
@@ -312,37 +326,6 @@ def _bind_static(params: list, args: tuple, kwargs: dict) -> dict:
     return out
 
 
-def _chunk_frames(model: torch.nn.Module, config: ReuseConfig) -> int:
-    if config.chunk_frames is not None:
-        return config.chunk_frames
-    cfg = getattr(model, "config", None)
-    for key in ("causal_block_size", "num_frame_per_block"):
-        value = getattr(cfg, key, None) if cfg is not None else None
-        if isinstance(value, int) and value >= 1:
-            return value
-    return 1
-
-
-def _specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialisation:
-    return specialise_captured(model, capture(model, args, kwargs), config, dump_dir)
-
-
-def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dump_dir) -> Specialisation:
-    """For a caching config, analyse a captured graph and build its cache step and step graph. Identity needs
-    no structure: it runs the captured graph as is, so a model the analyses do not understand still runs."""
-    if not config.caches:
-        return Specialisation(captured, None)
-    structure = analyze(captured, dump_dir=dump_dir)
-    step = CacheStep(build_step_graphs(captured, dump_dir), structure, config, _chunk_frames(model, config))
-    spec = Specialisation(captured, structure, step)
-    spec.graph = _step_graph(step, spec)
-    return spec
-
-
-def _step_graph(step: CacheStep, spec: Specialisation) -> StepGraph:
-    return StepGraph(step, spec.flatten(spec.captured.example_bound))
-
-
 def optimize(
     model: torch.nn.Module,
     config: CacheConfig | None = None,
@@ -362,5 +345,8 @@ def optimize(
                           "(`model.original_module`) or use `model.with_config(config)` for another config")
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
-    spec = _specialise(model, example_args, example_kwargs, config, dump_dir)
-    return OptimizedModule(model, config, spec, dump_dir)
+    spec = specialise(model, example_args, example_kwargs, config, dump_dir)
+    module = OptimizedModule(model, config, spec, dump_dir)
+    if config.caches:
+        warn_if_large(module.cache_memory_report(), stacklevel=3)
+    return module

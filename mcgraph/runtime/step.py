@@ -25,6 +25,7 @@ import torch
 from mcgraph.compiler.cache_build import StepGraphs
 from mcgraph.config import ReuseConfig
 from mcgraph.errors import McGraphError
+from mcgraph.runtime.memory import ACCUMULATOR_DTYPE, COUNT_DTYPE, state_layout, token_state
 from mcgraph.runtime.policies import CallView, Distances, policy_for
 
 DEFAULT_GRAPH_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -146,21 +147,14 @@ class CacheStep:
             out.append(tuple(s))
         return out
 
-    def state_bytes(self, batch: int, tokens: int, dtype: torch.dtype | None = None) -> int:
-        """Bytes of one context's state for a call of this size (known before anything is allocated)."""
-        elem = torch.empty((), dtype=dtype or self.graphs.kv_dtype).element_size()
-        per_token = 2 * self.graphs.stream_dim * elem + self.graphs.kv_floats_per_token * elem + 4 * 4
-        return batch * tokens * per_token
+    def state_bytes(self, batch: int, tokens: int) -> int:
+        """Bytes of one context's per-token state (all but the watched-input copies) for a call of this size."""
+        return sum(t.nbytes for t in token_state(self, batch, tokens))
 
     def state_bytes_for(self, flat) -> int:
-        """Bytes of one context's state for a call with these inputs: per-token state, K/V, the policy's
-        extras and the copies of the watched inputs (known before anything is allocated)."""
-        frames, per_frame = self.geometry(flat)
-        latent = self.latent_input(flat)
-        batch, tokens = latent.shape[0], frames * per_frame
-        extras = len(self.policy.extra_state) * batch * tokens * 4
-        watched = sum(x.numel() * x.element_size() for _, x in self.watched_inputs(flat))
-        return self.state_bytes(batch, tokens, latent.dtype) + extras + watched
+        """Bytes of one context's state for a call with these inputs, every tensor `initial_state` makes
+        (`mcgraph.runtime.memory.state_layout`), known before anything is allocated."""
+        return sum(t.nbytes for t in state_layout(self, flat))
 
     # ------------------------------------------------------------------------------------------ stages
     def front(self, flat) -> Front:
@@ -182,15 +176,15 @@ class CacheStep:
         b, n, dev = front.batch, front.tokens, front.h0.device
         state = {
             "indicator": torch.zeros_like(front.indicator),
-            "acc": torch.zeros(b, n, device=dev),
-            "computes": torch.zeros(b, n, dtype=torch.int32, device=dev),
-            "weights": torch.ones(b, n, device=dev),
+            "acc": torch.zeros(b, n, dtype=ACCUMULATOR_DTYPE, device=dev),
+            "computes": torch.zeros(b, n, dtype=COUNT_DTYPE, device=dev),
+            "weights": torch.ones(b, n, dtype=ACCUMULATOR_DTYPE, device=dev),
             "residual": torch.zeros_like(front.h0),
         }
         if self.has_timesteps:
-            state["timesteps"] = torch.full((b, n), float("inf"), device=dev)
+            state["timesteps"] = torch.full((b, n), float("inf"), dtype=ACCUMULATOR_DTYPE, device=dev)
         for name, fill in self.policy.extra_state.items():
-            state[name] = torch.full((b, n), fill, device=dev)
+            state[name] = torch.full((b, n), fill, dtype=ACCUMULATOR_DTYPE, device=dev)
         for name, x in self.watched_inputs(front.flat):
             state[f"watch_{name}"] = torch.zeros_like(x)
         state["kv"] = [torch.zeros(s, dtype=self.graphs.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.fx
+import torch.utils._pytree as pytree
 from torch.export import Dim
 
 from mcgraph.errors import CaptureError
@@ -104,20 +105,16 @@ def capture(
     """
     name = type(model).__name__
     bound = bind_call(model, tuple(args), kwargs)
-    dynamic_shapes = {k: _auto_dims(v) for k, v in bound.items()} if dynamic else None
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            _quiet_export_logs()
-            exported = torch.export.export(model, (), bound, dynamic_shapes=dynamic_shapes, strict=False)
-    except Exception as exc:  # export raises many types; one clear error names the model and the cause
-        if dynamic and not _is_model_error(exc):
+        exported = _export(model, bound, dynamic)
+    except Exception as exc:  # export raises many types, a model's own TypeError included: try static first
+        if dynamic:
             # symbolic shapes are what makes analyses exact, but a static capture still beats no capture
             return _static_fallback(model, args, kwargs, name, exc)
-        raise CaptureError(f"could not capture {name} with torch.export (non-strict): {type(exc).__name__}: {exc}") from exc
+        raise _capture_error(model, bound, name, exc) from exc
     finally:
         model.train(was_training)
     gm = exported.module()
@@ -130,9 +127,32 @@ def capture(
                          example_bound=bound)
 
 
-def _is_model_error(exc: BaseException) -> bool:
-    """The model itself rejected the inputs (its own ValueError etc.), as opposed to a tracing limitation."""
-    return isinstance(exc, (ValueError, TypeError, IndexError)) and "torch._dynamo" not in type(exc).__module__
+def _fresh(bound: dict[str, Any]) -> dict[str, Any]:
+    # export marks the dims of the tensors it is given (and a failed export leaves the marks behind, so a static
+    # retry on the same objects fails the same way): it gets new tensor objects over the same storage
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.detach(), bound)
+
+
+def _export(model: torch.nn.Module, bound: dict[str, Any], dynamic: bool):
+    fresh = _fresh(bound)
+    dynamic_shapes = {k: _auto_dims(v) for k, v in fresh.items()} if dynamic else None
+    # no_grad: a grad-mode export traces backward-capable ops some kernels lack on CPU (e.g. flex attention)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        _quiet_export_logs()
+        return torch.export.export(model, (), fresh, dynamic_shapes=dynamic_shapes, strict=False)
+
+
+def _capture_error(model: torch.nn.Module, bound: dict[str, Any], name: str, exc: BaseException) -> CaptureError:
+    """Whose failure it is: the model's own (it fails when simply run on the example) or torch.export's."""
+    try:
+        with torch.no_grad():
+            model(**_fresh(bound))
+    except Exception as own:
+        return CaptureError(f"{name} fails on the example inputs when run eagerly, before any capture: "
+                            f"{type(own).__name__}: {own}")
+    return CaptureError(f"could not capture {name} with torch.export (non-strict), although it runs eagerly on "
+                        f"the example inputs: {type(exc).__name__}: {exc}")
 
 
 def _static_fallback(model, args, kwargs, name, first_error) -> CapturedGraph:
@@ -141,7 +161,11 @@ def _static_fallback(model, args, kwargs, name, first_error) -> CapturedGraph:
         "capturing with static shapes: the token axis is then matched by size, not symbolically",
         stacklevel=3,
     )
-    captured = capture(model, args, kwargs, dynamic=False)
+    try:
+        captured = capture(model, args, kwargs, dynamic=False)
+    except CaptureError as exc:
+        raise CaptureError(f"{exc} (the dynamic-shape capture failed first: {type(first_error).__name__}: "
+                           f"{str(first_error)[:300]})") from exc
     captured.meta["dynamic_capture_error"] = repr(first_error)[:1000]
     return captured
 

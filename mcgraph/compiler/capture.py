@@ -13,9 +13,11 @@ The torch.compile backend lowers dynamo's FX graph through the same function (`c
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +64,27 @@ def _auto_dims(value: Any) -> Any:
     return None
 
 
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _signature(model: torch.nn.Module) -> inspect.Signature:
+    """`inspect.signature(model.forward)`, computed once per forward function (it costs more than a small
+    model's call: this runs on every call of an optimised module)."""
+    forward = model.forward
+    function = getattr(forward, "__func__", forward)
+    try:
+        return _SIGNATURES[function]
+    except (KeyError, TypeError):
+        sig = inspect.signature(forward)
+        with contextlib.suppress(TypeError):  # not weakly referenceable: not cached
+            _SIGNATURES[function] = sig
+        return sig
+
+
 def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> dict[str, Any]:
     """Name every argument of `model.forward` (defaults filled in), so positional and keyword calls of the
     same inputs map to one calling convention: the graph is always called with keywords."""
-    sig = inspect.signature(model.forward)
+    sig = _signature(model)
     try:
         bound = sig.bind(*args, **(kwargs or {}))
     except TypeError as exc:

@@ -164,7 +164,7 @@ def test_memory_budget_is_checked_before_allocating():
     assert opt.cache_state_bytes() == 0
     _, roomy = cached(REF, MotionCacheConfig(threshold=0.05, max_cache_bytes=2**30))
     roomy(**_inputs(0))
-    need = roomy.step.state_bytes(1, TOKENS, torch.float32)
+    need = roomy.step.state_bytes(1, TOKENS)
     assert 0.8 * need <= roomy.cache_state_bytes() <= 1.2 * need  # the estimate matches what is held
 
 

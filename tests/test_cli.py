@@ -56,10 +56,10 @@ def test_help_version_and_usage_errors(tiny_weights, tmp_path, capsys):
     assert "overlap_frames" in capsys.readouterr().err
 
 
-def test_missing_weights_is_a_runtime_error(tmp_path, capsys):
-    assert run("demo", "--weights", tmp_path / "none.safetensors", "--out", tmp_path) == 1
+def test_missing_weights_is_a_usage_error(tmp_path, capsys):
+    assert run("demo", "--weights", tmp_path / "none.safetensors", "--out", tmp_path) == 2  # checked when parsing
     err = capsys.readouterr().err
-    assert "mcgraph demo: error:" in err and "not found" in err and "Traceback" not in err
+    assert "argument --weights: no such file" in err and "none.safetensors" in err and "Traceback" not in err
 
 
 def test_subcommands_register_from_small_functions(monkeypatch, capsys):

@@ -41,3 +41,22 @@ def test_inspect_bad_factory_is_a_usage_error(capsys):
     assert main(["inspect", "--factory", "nocolon"]) == 2
     assert main(["inspect", "--factory", "no_such_module_xyz:f"]) == 2
     assert main(["inspect", "--model", "nope"]) == 2
+
+
+def test_inspect_with_a_cache_reports_its_memory(capsys):
+    assert main(["inspect", "--model", "plain-dit", "--cache", "motioncache"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks: 3 x _PlainBlock" in out
+    # batch 2 x 80 tokens x 2064 B (see tests/test_memory_report.py) + 16 B of the watched label
+    assert "cache memory of PlainDiT under MotionCacheConfig" in out and "322.52 KiB per context" in out
+    assert "per token and sample: 2.02 KiB" in out and "x the weights" in out
+    assert main(["inspect", "--model", "plain-dit", "--cache", "teacache", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    memory = data["cache_memory"]
+    assert memory["config"] == "TeaCacheConfig" and memory["bytes_per_context"] == 2064 * 160 + 16
+    assert {t["name"] for t in memory["tensors"]} >= {"indicator", "residual", "acc", "kv.0", "watch_y"}
+
+
+def test_inspect_without_a_cache_reports_no_memory(capsys):
+    assert main(["inspect", "--model", "plain-dit", "--json"]) == 0
+    assert "cache_memory" not in json.loads(capsys.readouterr().out)

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -84,3 +85,51 @@ def test_bundled_weights_load():
     with torch.no_grad():
         out = model(x, torch.full((1, x.shape[2]), 500.0), enc(torch.zeros(1, LABEL_LENGTH, dtype=torch.long)))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data: b"", r"is empty \(0 bytes\)"),
+    (lambda data: data[: len(data) // 2], r"\(\d+ bytes\) is not a readable safetensors file: .*incomplete"),
+    (lambda data: data[:20], r"\(20 bytes\) is not a readable safetensors file"),
+    (lambda data: b"\x07not weights\n" * 100, r"\(1300 bytes\) is not a readable safetensors file"),
+])
+def test_an_unreadable_file_names_the_file_and_the_problem(saved, tmp_path, damage, problem):
+    path, _, _ = saved
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(damage(path.read_bytes()))
+    for load in (load_reference, read_metadata):
+        with pytest.raises(WeightsError, match=rf"^{re.escape(str(bad))}.*{problem}.*truncated or corrupt"):
+            load(bad)
+
+
+def test_a_directory_is_not_a_weights_file(tmp_path):
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(tmp_path))} is a directory"):
+        load_reference(tmp_path)
+
+
+def test_bad_metadata_names_the_file(saved, tmp_path):
+    path, _, _ = saved
+    tensors = load_file(str(path))
+    save_file(tensors, str(tmp_path / "json.safetensors"), metadata={"config": "{not json"})
+    with pytest.raises(WeightsError, match=r"json\.safetensors: metadata 'config' is not valid JSON"):
+        load_reference(tmp_path / "json.safetensors")
+    config = dict(read_metadata(path)["config"], no_such_field=1)
+    save_file(tensors, str(tmp_path / "field.safetensors"), metadata={"config": json.dumps(config)})
+    with pytest.raises(WeightsError, match=r"field\.safetensors: its config does not fit CausalDiTConfig.*no_such_field"):
+        load_reference(tmp_path / "field.safetensors")
+
+
+def test_unexpected_tensor_is_named(saved, tmp_path):
+    path, _, _ = saved
+    tensors = load_file(str(path))
+    tensors["dit.extra.weight"] = torch.zeros(2)
+    meta = {k: json.dumps(v) for k, v in read_metadata(path).items()}
+    save_file(tensors, str(tmp_path / "extra.safetensors"), metadata=meta)
+    with pytest.raises(WeightsError, match=r"extra\.safetensors: missing tensors \[\], unexpected tensors \['extra.weight'\]"):
+        load_reference(tmp_path / "extra.safetensors")
+
+
+def test_weights_errors_are_mcgraph_errors():
+    from mcgraph.errors import McGraphError
+
+    assert issubclass(WeightsError, McGraphError) and issubclass(WeightsError, RuntimeError)

@@ -8,7 +8,20 @@ import shlex
 from pathlib import Path
 
 from mcgraph.bench.settings import BENCH_POLICIES, MOTION_SOURCES, RUNTIMES
-from mcgraph.cli.common import SCHEDULE_OPTIONS, UsageError, add_command, buckets, schedule_overrides
+from mcgraph.cli.common import (
+    SCHEDULE_OPTIONS,
+    UsageError,
+    add_command,
+    buckets,
+    existing_file,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    prepare_output_dir,
+    schedule_overrides,
+)
 
 __all__ = ["add_bench_command", "run_bench_command", "run_runtime_bench_command"]
 
@@ -31,6 +44,8 @@ def _csv(kind, choices=None, name="value"):
                 out.append(kind(p))
             except ValueError:
                 raise argparse.ArgumentTypeError(f"not a valid {name}: {p!r}") from None
+            except argparse.ArgumentTypeError as e:  # a range check of `kind`
+                raise argparse.ArgumentTypeError(f"{name} {p}: {e}") from None
         return tuple(out)
 
     return parse
@@ -142,15 +157,15 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR", help="output folder")
     p.add_argument("--quick", action="store_true",
                    help="tiny sweep for CI (1 seed, 16 steps, 12 frames, one threshold per policy; < 2 minutes)")
-    p.add_argument("--seeds", type=_csv(int, name="seed"), default=None, metavar="S1,S2,...",
+    p.add_argument("--seeds", type=_csv(nonnegative_int, name="seed"), default=None, metavar="S1,S2,...",
                    help="seeds (scene and noise); default 0,...,7 (quick: 0)")
     p.add_argument("--policies", type=_csv(str, BENCH_POLICIES, "policy"), default=None, metavar="P1,P2,...",
                    help="policies to run: " + ", ".join(BENCH_POLICIES) + " (default: all; placebo: MotionCache's "
                         "thresholds with the first motion source and permuted motion weights; oracle: see "
                         "--oracle-fractions)")
-    p.add_argument("--oracle-fractions", type=_csv(float, name="fraction"), default=None, metavar="F1,F2,...",
+    p.add_argument("--oracle-fractions", type=_csv(fraction, name="fraction"), default=None, metavar="F1,F2,...",
                    help="token fractions the oracle refreshes (default 0.2,0.3,0.45,0.6; quick: 0.2,0.6)")
-    p.add_argument("--match-fractions", type=_csv(float, name="fraction"), default=None, metavar="F1,F2,...",
+    p.add_argument("--match-fractions", type=_csv(fraction, name="fraction"), default=None, metavar="F1,F2,...",
                    help="computed-token fractions of the matched-compute PSNR table (default 0.3,0.45,0.6)")
     p.add_argument("--thresholds", type=_threshold_spec, action="append", default=None, metavar="POLICY=T1,T2",
                    help="threshold sweep of one policy (repeatable), e.g. --thresholds motioncache=0.05,0.1,0.2; "
@@ -159,30 +174,33 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--motion-sources", type=_csv(str, MOTION_SOURCES, "motion source"), default=None,
                    metavar="SRC,...", help="MotionCache motion_source values to compare: " + ", ".join(MOTION_SOURCES)
                         + " (default: all; quick: hidden)")
-    p.add_argument("--repeats", type=int, default=None, help="timed generations per run and thread count; the "
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed generations per run and thread count; the "
                                                              "median is reported (default 1)")
     p.add_argument("--threads", type=_threads, default=None, metavar="N,...",
                    help="torch thread counts to time with, e.g. 1,all (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 50; quick 16)")
-    p.add_argument("--frames", type=int, default=None, help="frames per video (default 28; quick 12)")
-    p.add_argument("--window", type=int, default=None, metavar="FRAMES", help="frames per window (default 16; quick 8)")
-    p.add_argument("--overlap", type=int, default=None, metavar="FRAMES", help="history frames (default 4)")
-    p.add_argument("--ar-step", type=int, default=None, help="rows by which each chunk lags the previous (default 4)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 4)")
-    p.add_argument("--shift", type=float, default=None, help="timestep shift (default 2)")
-    p.add_argument("--addnoise", type=float, default=None, metavar="T",
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps per chunk (default 50; quick 16)")
+    p.add_argument("--frames", type=positive_int, default=None, help="frames per video (default 28; quick 12)")
+    p.add_argument("--window", type=positive_int, default=None, metavar="FRAMES",
+                   help="frames per window (default 16; quick 8)")
+    p.add_argument("--overlap", type=nonnegative_int, default=None, metavar="FRAMES", help="history frames (default 4)")
+    p.add_argument("--ar-step", type=nonnegative_int, default=None,
+                   help="rows by which each chunk lags the previous (default 4)")
+    p.add_argument("--guidance", type=nonnegative_float, default=None, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--shift", type=positive_float, default=None, help="timestep shift (default 2)")
+    p.add_argument("--addnoise", type=nonnegative_float, default=None, metavar="T",
                    help="re-noise the history frames to timestep T (SkyReels-V2 addnoise_condition; default 20; "
                         "0: off)")
-    p.add_argument("--weights", type=Path, default=None, metavar="FILE", help="reference weights (default: bundled)")
+    p.add_argument("--weights", type=existing_file, default=None, metavar="FILE",
+                   help="reference weights (default: bundled)")
     p.add_argument("--peers", action="store_true",
                    help="also compare on diffusers' WanTransformer3DModel: FirstBlockCache, PyramidAttentionBroadcast, "
                         "TaylorSeer vs mcgraph's policies")
     p.add_argument("--peer-model", choices=("wan-tiny", "wan-bench"), default=None,
                    help="peer model size (default wan-bench: 4 layers, dim 128, 512 tokens; quick: wan-tiny)")
-    p.add_argument("--peer-steps", type=int, default=None, help="steps of the peer sampling loop (default 50)")
+    p.add_argument("--peer-steps", type=positive_int, default=None, help="steps of the peer sampling loop (default 50)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+    p.add_argument("--from-json", type=existing_file, default=None, metavar="FILE",
                    help="do not run: rewrite report.md, results.md and the plots (no strip) from FILE into --out")
     p.add_argument("--readme", action="store_true", help="print the README 'Results' section when done")
     p.add_argument("--readme-plots-dir", default=None, metavar="PATH",
@@ -210,6 +228,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
+    prepare_output_dir(args.out, "--out")  # now: the reports are written only after the whole sweep
     if args.from_json is not None:
         return _rewrite_from_json(args)
     if args.runtimes is not None:

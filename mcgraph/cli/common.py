@@ -1,13 +1,22 @@
 """What every `mcgraph` command shares: exit codes, `UsageError`, the help formatter, argument types and the
 sampler-schedule options (the same names in `demo` and `bench`). Command modules import this, never
-`mcgraph.cli.main`."""
+`mcgraph.cli.main`.
+
+Every flag is checked before any work starts: numbers by their argparse ``type=`` (exit code 2 with the usage
+line), input files by `existing_file`, output folders and files by `prepare_output_dir` / `prepare_output_file`
+at the start of the command (they create the folder: argparse types should not write).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
+from pathlib import Path
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "SCHEDULE_OPTIONS", "HelpFormatter", "UsageError", "add_command",
-           "buckets", "nonnegative_float", "nonnegative_int", "positive_int", "schedule_overrides"]
+           "buckets", "existing_file", "fraction", "nonnegative_float", "nonnegative_int", "positive_float",
+           "positive_int", "prepare_output_dir", "prepare_output_file", "schedule_overrides"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -61,14 +70,67 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def nonnegative_float(text: str) -> float:
+def _float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
+
+
+def existing_file(text: str) -> Path:
+    """An input file that exists (checked when parsing, before any work)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def prepare_output_dir(path: Path, flag: str) -> Path:
+    """Create the output folder now and check that a file can be written in it; UsageError naming `flag`
+    otherwise, so that a bad folder fails before the work, not after it."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def prepare_output_file(path: Path, flag: str) -> Path:
+    """`prepare_output_dir` for the file's folder, and the file itself must not be a folder."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give the file to write, e.g. {path / 'model.onnx'}")
+    prepare_output_dir(path.parent, f"{flag} {path}: its folder")
+    return path
 
 
 def buckets(text: str) -> tuple[float, ...]:

@@ -11,9 +11,12 @@ from mcgraph.cli.common import (
     UsageError,
     add_command,
     buckets,
+    existing_file,
     nonnegative_float,
     nonnegative_int,
+    positive_float,
     positive_int,
+    prepare_output_dir,
     schedule_overrides,
 )
 
@@ -47,14 +50,15 @@ def add_demo_command(subparsers) -> None:
         help="condition on these label ids (comma separated, padded with 0) instead of a random scene from --seed",
     )
     _add_schedule_options(p)
-    p.add_argument("--weights", type=Path, default=None, metavar="FILE", help="weights file (default: bundled)")
+    p.add_argument("--weights", type=existing_file, default=None, metavar="FILE",
+                   help="weights file (default: bundled)")
     p.add_argument(
         "--threads", type=nonnegative_int, default=0,
         help="torch CPU threads (0: torch's default; use 1 when other jobs share the cores)",
     )
     _add_cache_options(p)
     p.add_argument("--gif-scale", type=positive_int, default=4, help="GIF upscale factor (nearest)")
-    p.add_argument("--fps", type=float, default=8.0, help="GIF frame rate")
+    p.add_argument("--fps", type=positive_float, default=8.0, help="GIF frame rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_demo_command)
 
@@ -68,10 +72,11 @@ def _add_schedule_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=positive_int, default=50, help="denoising steps per chunk")
     p.add_argument("--ar-step", type=nonnegative_int, default=4, help="rows by which each chunk lags the previous one")
-    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1: no CFG)")
-    p.add_argument("--shift", type=float, default=2.0, help="timestep shift")
+    p.add_argument("--guidance", type=nonnegative_float, default=4.0,
+                   help="classifier-free guidance scale (1: no CFG)")
+    p.add_argument("--shift", type=positive_float, default=2.0, help="timestep shift")
     p.add_argument(
-        "--addnoise", type=float, default=20.0, metavar="T",
+        "--addnoise", type=nonnegative_float, default=20.0, metavar="T",
         help="re-noise the history frames to timestep T (noise factor T/1000); 0 disables",
     )
 
@@ -117,6 +122,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from mcgraph.bench.demo_run import parse_label, run_demo
     from mcgraph.bench.settings import SettingsError
 
+    prepare_output_dir(args.out, "--out")  # now: the files are written only after the generation
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -10,7 +10,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mcgraph.cli.common import UsageError, add_command, buckets, nonnegative_float, nonnegative_int, positive_int
+from mcgraph.cli.common import (
+    UsageError,
+    add_command,
+    buckets,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    prepare_output_file,
+)
 
 REFERENCE_MODELS = ("reference", "reference-untrained")
 DEFAULT_REFERENCE_FRAMES = 16  # the demo's window
@@ -49,7 +58,7 @@ def add_export_command(subparsers) -> None:
                         f"the model's example)")
     p.add_argument("--steps", type=positive_int, default=50,
                    help="denoising steps of the schedule it will run (sets the policy's final_timestep)")
-    p.add_argument("--shift", type=float, default=2.0, help="timestep shift of that schedule")
+    p.add_argument("--shift", type=positive_float, default=2.0, help="timestep shift of that schedule")
     p.add_argument("--weights", type=Path, default=None, metavar="FILE",
                    help="--model reference: weights file (default: bundled)")
     p.add_argument("--verify", action="store_true",
@@ -107,8 +116,11 @@ def run_export_command(args: argparse.Namespace) -> int:
     if args.cache == "none":
         raise UsageError("--cache none has no cache to export; pick teacache, flowcache or motioncache (the "
                          "uncached model exports with plain torch.onnx.export)")
-    if args.output.is_dir():
-        raise UsageError(f"{args.output} is a directory; give the file to write, e.g. {args.output / 'model.onnx'}")
+    if args.weights is not None and args.model != "reference":
+        raise UsageError(f"--weights applies to --model reference only, not {args.model!r}")
+    if args.weights is not None and not args.weights.is_file():
+        raise UsageError(f"--weights {args.weights}: no such file")
+    prepare_output_file(args.output, "FILE")  # now: the file is written only after optimising and exporting
     try:
         import onnx
         import onnxscript  # noqa: F401

@@ -145,13 +145,13 @@ class CacheMemoryReport:
         budget = ("max_cache_bytes not set: nothing refuses a larger call" if self.max_cache_bytes is None else
                   f"max_cache_bytes {fb(self.max_cache_bytes)}: calls needing more per context are refused")
         lines = [
-            f"cache memory of {self.model} under {self.config}, per cache context, for a call of batch "
-            f"{self.batch} x {self.tokens} tokens ({self.frames} frames x {per_frame}):",
-            f"  {fb(per_ctx)} per context = {self.weight_ratio:.2f}x the weights ({fb(self.weight_bytes)}); CFG "
-            f"with a context per branch holds two: {fb(2 * per_ctx)} ({2 * self.weight_ratio:.2f}x)",
+            (f"cache memory of {self.model} under {self.config}, per cache context, for a call of batch "
+             f"{self.batch} x {self.tokens} tokens ({self.frames} frames x {per_frame}):"),
+            (f"  {fb(per_ctx)} per context = {self.weight_ratio:.2f}x the weights ({fb(self.weight_bytes)}); CFG "
+             f"with a context per branch holds two: {fb(2 * per_ctx)} ({2 * self.weight_ratio:.2f}x)"),
             f"  per token and sample: {fb(self.bytes_per_token)} = {groups}",
-            f"  scales linearly with batch x tokens: each frame ({per_frame} tokens) adds "
-            f"{fb(self.bytes_per_token * self.batch * per_frame)} per context",
+            (f"  scales linearly with batch x tokens: each frame ({per_frame} tokens) adds "
+             f"{fb(self.bytes_per_token * self.batch * per_frame)} per context"),
         ]
         if self.fixed_bytes:
             watched = ", ".join(t.name[len("watch_"):] for t in self.tensors if not t.per_token)

@@ -8,14 +8,26 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from mcgraph.errors import McGraphError
 from mcgraph.zoo.causal_dit import CausalDiTConfig, CausalVideoDiT, LabelEncoder
 from mcgraph.zoo.scenes import LABEL_LENGTH, LABEL_VOCAB_SIZE
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "reference.safetensors"
 
 
-class WeightsError(RuntimeError):
-    """Weights file missing, or its config/tensors do not match the model being built."""
+class WeightsError(McGraphError):
+    """Weights file missing, unreadable (empty, truncated, not safetensors), or its config/tensors do not match
+    the model being built; the message names the file."""
+
+
+def _unreadable(path: Path, exc: Exception) -> WeightsError:
+    """WeightsError naming the file and why safetensors could not read it."""
+    if path.is_dir():
+        return WeightsError(f"{path} is a directory, not a weights file")
+    size = path.stat().st_size if path.exists() else None
+    what = "is empty (0 bytes)" if size == 0 else f"({size} bytes) is not a readable safetensors file"
+    return WeightsError(f"{path} {what}: {exc}; truncated or corrupt? Write it again with save_reference "
+                        "(or reinstall the package for the bundled weights)")
 
 
 def build_reference(cfg: CausalDiTConfig | None = None) -> tuple[CausalVideoDiT, LabelEncoder]:
@@ -33,9 +45,20 @@ def save_reference(path: str | Path, model: CausalVideoDiT, encoder: LabelEncode
 
 
 def read_metadata(path: str | Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return {k: json.loads(v) for k, v in meta.items()}
+    """The file's metadata, each value parsed as JSON; WeightsError naming the file if it cannot be read."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # SafetensorError (header too small / too large / incomplete), OSError
+        raise _unreadable(path, exc) from exc
+    out = {}
+    for key, value in meta.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({exc})") from None
+    return out
 
 
 def load_reference(
@@ -47,21 +70,30 @@ def load_reference(
     from `expected`, or a tensor is missing, unexpected or of the wrong shape.
     """
     path = Path(path) if path is not None else BUNDLED_WEIGHTS
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory, not a weights file")
     if not path.is_file():
         raise WeightsError(f"reference weights not found at {path} (they ship with the package; reinstall?)")
     meta = read_metadata(path)
     if "config" not in meta:
         raise WeightsError(f"{path}: no 'config' in the safetensors metadata; not a mcgraph reference checkpoint")
     stored = dict(meta["config"])
-    stored["patch_size"] = tuple(stored["patch_size"])
+    if "patch_size" in stored:
+        stored["patch_size"] = tuple(stored["patch_size"])
     if expected is not None:
         for key, want in expected.to_dict().items():
             got = stored.get(key)
             if (tuple(got) if isinstance(got, list) else got) != (tuple(want) if isinstance(want, list) else want):
                 raise WeightsError(f"{path}: config field {key!r} is {got!r} in the file but {want!r} was expected")
-    cfg = CausalDiTConfig(**stored)
+    try:
+        cfg = CausalDiTConfig(**stored)
+    except TypeError as exc:  # a field this version does not know, or one missing
+        raise WeightsError(f"{path}: its config does not fit CausalDiTConfig: {exc}") from None
     model, encoder = build_reference(cfg)
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # a header that reads but data that does not (truncated after the header)
+        raise _unreadable(path, exc) from exc
     for prefix, module in (("dit.", model), ("labels.", encoder)):
         own = module.state_dict()
         stored_keys = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

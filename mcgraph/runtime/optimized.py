@@ -87,6 +87,12 @@ class OptimizedModule(SessionControls, torch.nn.Module):
             type(original).__name__, [n.name for n in first.captured.graph_module.graph.nodes if n.op == "placeholder"],
             max_cache_bytes=getattr(config, "max_cache_bytes", None))
         self.mcgraph_config = config
+        self.training = original.training
+
+    def train(self, mode: bool = True) -> OptimizedModule:
+        """Sets the original's mode (what the graphs were captured from; a change there is captured again)."""
+        self.original_module.train(mode)
+        return super().train(mode)
 
     # ------------------------------------------------------------------------------------ introspection
     @property

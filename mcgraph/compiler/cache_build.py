@@ -13,7 +13,10 @@ from mcgraph.compiler.capture import CapturedGraph
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.compiler.pass_infra import PassManager
 from mcgraph.compiler.verifier import verify_graph
-from mcgraph.errors import McGraphError
+from mcgraph.errors import McGraphError, StructureNotFound
+
+# reshapes that regroup the token axis (e.g. tokens into frames): named when the subset check fails
+_REGROUPING_OPS = ("view", "reshape", "_unsafe_view", "unflatten", "flatten", "expand", "repeat")
 
 
 @dataclass
@@ -70,6 +73,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
     for name, g in (("split_stack.prologue", split.prologue), ("split_stack.stack", split.stack),
                     ("split_stack.epilogue", split.epilogue)):
         verify_graph(g, name)
+    check_subset_rows(subsets[1], split.stack, stack_in, h_l, kv)
     input_names = [n.name for n in captured.graph_module.graph.nodes if n.op == "placeholder"]
     return StepGraphs(prologue=split.prologue, stack=split.stack, subset_stack=subsets[0],
                       subset_stack_functional=subsets[1], epilogue=split.epilogue, boundary=split.boundary,
@@ -81,3 +85,51 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
                       indicator_dim=pro[-1].shape[-1], indicator_dtype=pro[-1].dtype,
                       stream_dtype=values[split.stream_input].dtype)
 
+
+
+def check_subset_rows(subset_stack, stack, stack_in: list, h_l: torch.Tensor, kv: list) -> None:
+    """The token-subset stack must give exactly the full stack's rows for the tokens it runs (given fresh K/V).
+
+    The rewrite gathers token rows and keeps every other op as is, which is right only when the blocks treat
+    tokens independently outside attention. A block that regroups the token axis (per-frame modulation applied
+    by `unflatten(1, (frames, -1))`, a convolution over tokens, a mean over tokens) breaks that silently: rows
+    land in the wrong frame. Checked on an irregular subset (no stride lines up with frames or rows), so such a
+    model is refused at build time instead of answering wrong at run time."""
+    tokens = h_l.shape[1]
+    if tokens < 3:
+        return
+    g = torch.Generator().manual_seed(0)
+    count = max(1, tokens // 3 + 1)
+    index = torch.randperm(tokens, generator=g)[:count].sort().values.to(h_l.device)
+    suspects = _regrouping_nodes(stack)
+    node = suspects[0] if suspects else None
+    hint = ("the first reshape that changes the token axis inside the blocks is named below" if suspects else
+            "no token-axis reshape found: look for ops that reduce or convolve over the token axis")
+    try:
+        with torch.no_grad():
+            h_sel, *_ = subset_stack(*stack_in, index, *kv)
+        want = h_l.index_select(1, index)
+        error = (h_sel.float() - want.float()).abs().max().item()
+        scale = want.float().abs().max().item() + 1e-6
+    except Exception as exc:  # the regrouping reshape fails outright for most subset sizes
+        raise StructureNotFound("token_subset", f"the blocks cannot run on a subset of {count} of {tokens} tokens "
+                                f"({type(exc).__name__}: {str(exc)[:160]}); {hint}", node) from exc
+    if error > 1e-3 * scale:
+        raise StructureNotFound("token_subset", f"on a subset of {count} of {tokens} tokens the blocks give other "
+                                f"rows than the full stack (max error {error:.2e}, output scale {scale:.2e}): they "
+                                f"mix tokens outside attention; {hint}", node)
+
+
+def _regrouping_nodes(stack) -> list:
+    """Reshapes in the stack whose input and output disagree on dim 1, the token axis of [B, tokens, D]."""
+    out = []
+    for n in stack.graph.nodes:
+        name = getattr(getattr(n.target, "_overloadpacket", None), "__name__", "")
+        if n.op != "call_function" or name not in _REGROUPING_OPS or not n.args:
+            continue
+        before = getattr(n.args[0], "meta", {}).get("val")
+        after = n.meta.get("val")
+        if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.dim() >= 2 \
+                and after.dim() >= 2 and str(before.shape[1]) != str(after.shape[1]):
+            out.append(n)
+    return out

@@ -138,12 +138,28 @@ def capture(
         model.train(was_training)
     gm = exported.module()
     # export leaves unused symbolic-size arithmetic behind; the verifier treats dead nodes as bugs
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=_keeps_state)
     gm.recompile()
     seconds = time.perf_counter() - start
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     return CapturedGraph(gm, name, inputs, seconds, dynamic=dynamic, static_key=static_key(bound),
                          example_bound=bound)
+
+
+_PURE_MODULES = ("_operator", "operator", "math", "builtins")
+
+
+def _keeps_state(node: torch.fx.Node) -> bool:
+    """Dead code that must stay: fx's own impure ops, and any call that is neither an ATen op nor plain
+    arithmetic (e.g. flex attention's `_vmap_increment_nesting` / `_vmap_decrement_nesting`: their results are
+    unused, but the functorch level they set is read later). What goes is dead size arithmetic and ATen ops."""
+    if node.is_impure():
+        return True
+    target = node.target
+    if node.op != "call_function" or isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return False
+    name = getattr(target, "__name__", "")
+    return getattr(target, "__module__", "") not in _PURE_MODULES and not name.startswith("sym_")
 
 
 def _fresh(bound: dict[str, Any]) -> dict[str, Any]:

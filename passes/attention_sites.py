@@ -1,8 +1,10 @@
 """Analysis: every attention call, self vs cross, and the projections producing its Q, K and V.
 
-Matches: `aten.scaled_dot_product_attention` (and its CPU/flash/efficient overloads) anywhere in the graph.
+Matches: `aten.scaled_dot_product_attention` (and its CPU/flash/efficient overloads) anywhere in the graph;
+hand-written softmax attention counts once canonical_attention has rewritten it to that call.
 Requires: a captured ATen graph. Guarantees: each matched node gets `meta[ATTENTION]` (an AttentionSite)
-and the summary lists them in graph order; a graph with no attention raises StructureNotFound.
+and the summary lists them in graph order; a graph with no self-attention raises StructureNotFound, naming
+the construct that computes it instead where it is recognisable (flex attention, linear attention).
 Self vs cross is decided structurally: self-attention when K and V are projected from the same value
 that Q is projected from; a different source (a text/label embedding) means cross-attention.
 """
@@ -71,13 +73,24 @@ class AttentionSiteAnalysis(GraphPass):
             )
             node.meta[ATTENTION] = site
             sites.append(site)
-        if not sites:
-            self.fail("no attention found (no scaled_dot_product_attention call in the graph); "
-                      "mcgraph needs a transformer whose attention goes through F.scaled_dot_product_attention",
-                      cls=StructureNotFound)
         if not any(s.kind == "self" for s in sites):
-            self.fail(f"found {len(sites)} attention calls but no self-attention over the token stream",
-                      cls=StructureNotFound)
+            self._refuse(gm, sites)
         structure_of(gm).attention = sites
         return PassResult(gm, modified=False, info={"self": sum(s.kind == "self" for s in sites),
                                                     "cross": sum(s.kind == "cross" for s in sites)})
+
+    def _refuse(self, gm: torch.fx.GraphModule, sites: list[AttentionSite]):
+        """No self-attention found: name what computes it instead where it is recognisable (flex attention,
+        linear attention, hand-written attention of a form canonical_attention does not rewrite)."""
+        # imported here: canonical_attention reads this module's `is_attention`
+        from mcgraph.passes.canonical_attention import unsupported_attention
+
+        found = (f"found {len(sites)} attention calls but no self-attention over the token stream" if sites else
+                 "no attention found (no scaled_dot_product_attention call in the graph)")
+        other = unsupported_attention(gm)
+        if other is not None:
+            what, node = other
+            self.fail(f"{found}: the self-attention is {what}; identity (NoCache) runs it as captured", node,
+                      cls=StructureNotFound)
+        self.fail(f"{found}; mcgraph needs a transformer whose self-attention goes through "
+                  "F.scaled_dot_product_attention or is written as softmax(q @ k^T * scale) @ v", cls=StructureNotFound)

@@ -48,6 +48,8 @@ class ModulationAnalysis(GraphPass):
         for site in st.cross_attention:
             if site.kv_input:
                 context_inputs |= placeholders_of(nodes[site.kv_input], data_only=True)
+        # a text refiner modulated by the timestep makes the context depend on it: the timestep stays a timestep
+        context_inputs = {name for name in context_inputs if not _feeds_sinusoid(nodes[name])}
         latent = st.grid.latent_input
         context_inputs.discard(latent)
         for name in sorted(context_inputs):

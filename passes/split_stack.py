@@ -1,6 +1,8 @@
 """Rewrite: split the analysed graph at the block stack into prologue, stack and epilogue graphs.
 
-Matches: the residual chain found by block_stack (stream input of block 0 -> stream output of the last block).
+Matches: the residual chain found by block_stack (stream input of block 0 -> stream output of the last block),
+side inputs added to the stream between blocks included (their adds run in the stack, the side inputs
+themselves are computed by the prologue and become stack inputs, gathered for a token subset like any other).
 Requires: all structural analyses. Guarantees (checked): three GraphModules that together compute exactly
 what the original graph computes:
 
@@ -8,8 +10,8 @@ what the original graph computes:
   timestep embedding, rotary tables, masks) and, extra, the *indicator*: the first block's modulated
   input to its self-attention Q projection, a per-token value that changes exactly when the token's own
   latent or timestep changes (the per-token step distance is measured on it);
-- stack(stack inputs...) -> (h_L, K_0, V_0, K_1, V_1, ...): the blocks, also returning every
-  self-attention's K and V (the per-layer K/V cache is filled from them);
+- stack(stack inputs...) -> (h_L, K_0, V_0, K_1, V_1, ...): the blocks and the adds between them, also returning
+  every self-attention's K and V (the per-layer K/V cache is filled from them);
 - epilogue(h_L, epilogue inputs...) -> flat outputs: the head (final norm, projection, unpatchify).
 
 The original graph is left unchanged (a new set of graphs is built), so this pass is declared read-only.
@@ -27,6 +29,7 @@ from mcgraph.compiler.graph_walk import PASS_THROUGH
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_op
 from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
+from mcgraph.passes.block_stack import between_blocks
 
 # export's runtime shape assertions: they hold for the full token count, not for a token subset
 SHAPE_ASSERTS = (ATEN._assert_scalar, ATEN._assert_tensor_metadata, ATEN.sym_constrain_range_for_size)
@@ -80,7 +83,7 @@ class _Groups:
     """The original graph's nodes sorted into the three parts, and the values that cross between them."""
 
     nodes: list[torch.fx.Node]  # graph order
-    stack: set[torch.fx.Node]  # the blocks' nodes
+    stack: set[torch.fx.Node]  # the blocks' nodes and the adds of side inputs between them
     pre: list[torch.fx.Node]  # before the stack (graph order): becomes the prologue
     post: set[torch.fx.Node]  # depends on the stack's output: becomes the epilogue (with `output`)
     output: torch.fx.Node
@@ -220,6 +223,10 @@ class SplitStack(GraphPass):
         (the head reading inside a block, a block reading something computed after the stack)."""
         nodes = list(gm.graph.nodes)
         stack = {by_name[name] for b in st.blocks for name in b.nodes}
+        in_blocks = set(stack)
+        for prev, nxt in zip(st.blocks, st.blocks[1:]):
+            # side inputs added to the stream between blocks (control hints): the adds run in the stack
+            stack |= between_blocks(by_name[prev.stream_output], by_name[nxt.stream_input], in_blocks)
         stream_in = by_name[st.blocks[0].stream_input]
         stream_out = by_name[st.blocks[-1].stream_output]
         output = next(n for n in nodes if n.op == "output")
@@ -238,6 +245,12 @@ class SplitStack(GraphPass):
                               "the residual stream; the stack cannot be cached as one unit", n)
         pre = [n for n in nodes if n not in stack and n not in post and n is not output]
         pre_set = set(pre)
+        for n in pre:  # the prologue runs before the stack: nothing in it may read a stack value
+            for a in n.all_input_nodes:
+                if a in stack:
+                    self.fail(f"{n.name!r} reads {a.name!r} from the block stack but belongs neither to a block, nor "
+                              "to the residual stream between blocks, nor to the head; the stack cannot be cached as "
+                              "one unit", n)
         for n in stack:
             for a in n.all_input_nodes:
                 if a not in stack and a not in pre_set:

@@ -1,6 +1,9 @@
 """Analysis: which values carry the token dimension of the hidden-state stream, and which of their dims.
 
-Matches: the sequence length of the self-attention queries (all self-attention sites must agree).
+Matches: the sequence length of the self-attention queries. When self-attention runs over sequences of
+different lengths (a refiner stack over the text before the video blocks), the token stream is the one whose
+length is a video token grid (`token_grid.find_grid`); self-attention over any other sequence is not the cached
+stack and its sites become kind "other" (so the block and stack analyses leave them to the prologue).
 Requires: attention_sites. Guarantees: every tensor value with a dim provably equal to the token count
 gets `meta[TOKEN_DIMS]` (e.g. hidden states (1,), per-token modulation (1,) or (2,), rotary tables (0,),
 a [L, L] mask (0, 1)). With the symbolic capture (default) the match is an expression equality, so a
@@ -10,13 +13,14 @@ capture the summary says the match was by value (`token_axis_exact=False`).
 
 from __future__ import annotations
 
-import torch
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
-from mcgraph.compiler.shapes import example_int, is_symbolic, same_size, shape, size_str
+from mcgraph.compiler.shapes import example_int, is_symbolic, same_size, size_str
 from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
+
+from mcgraph.passes.token_grid import find_grid, plain_shape
 
 
 class TokenAxisAnalysis(GraphPass):
@@ -27,16 +31,10 @@ class TokenAxisAnalysis(GraphPass):
             raise PassError(self.name, "requires attention_sites to run first")
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        selfs = [n for n in gm.graph.nodes if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self"]
-        lengths = [shape(n.args[0])[-2] for n in selfs]
-        token_count = lengths[0]
-        for n, length in zip(selfs, lengths):
-            if not same_size(length, token_count):
-                self.fail(f"self-attention sites disagree on the token count: {size_str(length)} here vs "
-                          f"{size_str(token_count)} at {selfs[0].name}", n, cls=StructureNotFound)
+        token_count = self._token_count(gm)
         values = []
         for node in gm.graph.nodes:
-            s = shape(node)
+            s = plain_shape(node)
             if s is None:
                 continue
             dims = tuple(i for i, size in enumerate(s) if same_size(size, token_count))
@@ -51,3 +49,30 @@ class TokenAxisAnalysis(GraphPass):
         st.token_axis_exact = is_symbolic(token_count)
         st.token_values = values
         return PassResult(gm, modified=False, info={"token_count": st.token_count, "values": len(values)})
+
+    def _token_count(self, gm: torch.fx.GraphModule):
+        """The self-attention query length of the video tokens; sites over other sequences become "other"."""
+        selfs = [n for n in gm.graph.nodes if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self"]
+        groups: list[tuple[object, list[torch.fx.Node]]] = []  # (length, sites), lengths provably distinct
+        for n in selfs:
+            length = plain_shape(n.args[0])[-2]
+            group = next((g for g in groups if same_size(g[0], length)), None)
+            if group is None:
+                groups.append((length, [n]))
+            else:
+                group[1].append(n)
+        if len(groups) == 1:
+            return groups[0][0]
+        gridded = [g for g in groups if find_grid(gm, g[0]) is not None]
+        if len(gridded) != 1:
+            lengths = "; ".join(f"{size_str(length)} at {sites[0].name!r}" for length, sites in groups)
+            which, culprit = ("none", groups[1]) if not gridded else ("more than one", gridded[1])
+            self.fail(f"self-attention sites disagree on the token count ({lengths}) and {which} of these lengths "
+                      "is a video token grid's, so the cached token stream is ambiguous", culprit[1][0],
+                      cls=StructureNotFound)
+        chosen = gridded[0]
+        for group in groups:
+            if group is not chosen:
+                for n in group[1]:
+                    n.meta[ATTENTION].kind = "other"  # self-attention over another sequence: not the cached stack
+        return chosen[0]

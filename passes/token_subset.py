@@ -101,6 +101,11 @@ class TokenSubsetStack(GraphPass):
         for n in src:
             if n.op in ("placeholder", "output") or is_shape_assert(n):
                 continue
+            val = n.meta.get("val")
+            if isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count):
+                # the token count computed inside the stack (e.g. frames * height * width for a reshape)
+                env[n] = n_sel
+                continue
             if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
                 q, k, v = (env[a] for a in n.args[:3])
                 kc, vc = caches[layer]

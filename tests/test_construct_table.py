@@ -131,22 +131,16 @@ XFAIL = {
     # was silently wrong (rows regrouped into the wrong frames); now refused at build time by the subset-rows check
     ("cached", "per_frame_modulation"): "[token_subset] the blocks unflatten the token axis into frames (per-frame "
     "modulation): a token subset cannot run them; refused naming the unflatten",
-    ("cached", "flat_modulation"): "[block_stack] the [B, L, 6*D] modulation looks like the [B, tokens, D] stream: "
-    "cannot tell the residual stream entering blocks.0",
-    ("cached", "joint_attention"): "[token_grid] text+video self-attention sequence: no patch embedding has the "
-    "token count s7 + F*H*W",
-    ("cached", "register_tokens"): "[token_grid] registers + video tokens: no patch embedding has F*H*W + 4 tokens",
-    ("cached", "linear_patchify"): "[token_grid] Linear patch embedding over pre-patchified tokens: no Conv found",
-    ("cached", "conv2d_frames"): "[token_grid] Conv2d over [B*F, C, H, W] has h*w, not F*h*w, output positions",
-    ("cached", "control_hints"): "[block_stack] `block(x) + hint` between blocks: blocks not chained along one stream",
-    ("cached", "dual_single_stacks"): "[token_grid] joint text+video sequence: no patch embedding has s7 + F*H*W",
-    ("cached", "text_refiner"): "[token_axis] the text refiner's self-attention (s7 tokens) disagrees with the "
-    "video blocks' token count",
-    ("cached", "manual_attention"): "[attention_sites] only SDPA is attention: no self-attention found",
-    ("cached", "linear_attention"): "[attention_sites] only SDPA is attention: no self-attention found",
-    ("cached", "flex_attention"): "[attention_sites] only SDPA is attention: flex attention is not recognised",
-    ("cached", "multihead_attention"): "[split_stack] block 0's self-attention query input is MHA's internal "
-    "[L, B, D] transpose, not a [B, tokens, D] value",
+    ("cached", "joint_attention"): "[token_grid] refused naming the concat: the self-attention sequence is s7 "
+    "tokens from input 'context' + the video grid's tokens; non-grid tokens in the cached sequence not supported yet",
+    ("cached", "register_tokens"): "[token_grid] refused naming the concat: the sequence is 4 learned tokens "
+    "(parameter 'registers') + the video grid's tokens; non-grid tokens in the cached sequence not supported yet",
+    ("cached", "dual_single_stacks"): "[token_grid] refused naming the concat: joint text + video sequence "
+    "(s7 tokens from input 'context' + the video grid's tokens); not supported yet",
+    ("cached", "linear_attention"): "[attention_sites] refused: the self-attention is linear attention (no softmax "
+    "over keys), named with its node and source line; MotionCache caches softmax attention only",
+    ("cached", "flex_attention"): "[canonical_attention] refused: flex attention (higher-order op) is not run on a "
+    "token subset yet, named with its node and source line",
     ("cached", "dynamic_text_length"): "torch.export refuses int(text_mask.sum()) (GuardOnDataDependentSymNode)",
 }
 

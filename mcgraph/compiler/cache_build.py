@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import torch
 import torch.fx._pytree as fx_pytree
 
+from mcgraph.compiler.analysis import analysed_module
 from mcgraph.compiler.capture import CapturedGraph
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.compiler.pass_infra import PassManager
 from mcgraph.compiler.verifier import verify_graph
-from mcgraph.errors import McGraphError, StructureNotFound
+from mcgraph.errors import McGraphError, PassError, StructureNotFound
 
 # reshapes that regroup the token axis (e.g. tokens into frames): named when the subset check fails
 _REGROUPING_OPS = ("view", "reshape", "_unsafe_view", "unflatten", "flatten", "expand", "repeat")
@@ -50,7 +51,8 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
     from mcgraph.passes.split_stack import SplitStack
     from mcgraph.passes.token_subset import TokenSubsetStack
 
-    split = PassManager([SplitStack()], dump_dir=dump_dir).run(captured.graph_module).product
+    # the module the analyses annotated: canonical_attention's copy where it rewrote hand-written attention
+    split = PassManager([SplitStack()], dump_dir=dump_dir).run(analysed_module(captured)).product
     example = getattr(captured, "example_bound", None)
     if example is None:
         raise McGraphError("captured graph carries no example inputs")
@@ -63,9 +65,17 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
     batch, tokens = h_l.shape[0], h_l.shape[1]
     example_subset = (*stack_in, torch.arange(0, tokens, 2, device=h_l.device), *kv)
     # before the stack's metadata is refreshed: the subset pass finds the token count by its symbolic size
-    subsets = [PassManager([TokenSubsetStack(split, inplace_kv=inplace, example_inputs=example_subset)],
-                           dump_dir=dump_dir).run(split.stack).graph_module
-               for inplace in (True, False)]  # in place for eager; out of place for compile / export
+    try:
+        subsets = [PassManager([TokenSubsetStack(split, inplace_kv=inplace, example_inputs=example_subset)],
+                               dump_dir=dump_dir).run(split.stack).graph_module
+                   for inplace in (True, False)]  # in place for eager; out of place for compile / export
+    except PassError as exc:
+        if "crashed" not in str(exc):
+            raise
+        # the rewritten blocks fail on a subset: they regroup or re-size the token axis (a mask built from the
+        # token count, a per-frame unflatten): a construct the subset rewrite does not support, named
+        raise _subset_refusal(split.stack, f"the blocks cannot run on a subset of the tokens ({exc.reason.removeprefix('crashed with ')[:200]})",
+                              exc) from exc
     # run every split graph once on the example: real shape metadata, and proof that they execute
     propagate(split.prologue, *flat)
     propagate(split.stack, *stack_in)
@@ -93,31 +103,53 @@ def check_subset_rows(subset_stack, stack, stack_in: list, h_l: torch.Tensor, kv
     The rewrite gathers token rows and keeps every other op as is, which is right only when the blocks treat
     tokens independently outside attention. A block that regroups the token axis (per-frame modulation applied
     by `unflatten(1, (frames, -1))`, a convolution over tokens, a mean over tokens) breaks that silently: rows
-    land in the wrong frame. Checked on an irregular subset (no stride lines up with frames or rows), so such a
-    model is refused at build time instead of answering wrong at run time."""
+    land in the wrong frame. Checked on perturbed inputs (every frame and token different, which the example
+    need not be: a first call often has one timestep for every frame), on two irregular subsets and on the
+    first tokens, so such a model is refused at build time instead of answering wrong at run time."""
     tokens = h_l.shape[1]
-    if tokens < 3:
+    if tokens < 2:
         return
     g = torch.Generator().manual_seed(0)
-    count = max(1, tokens // 3 + 1)
-    index = torch.randperm(tokens, generator=g)[:count].sort().values.to(h_l.device)
+    inputs = [_perturbed(x, g) for x in stack_in]
+    with torch.no_grad():
+        h_full, *kv_full = stack(*inputs)
+    # irregular subsets (no stride lines up with frames), and the first tokens (a causal mask rebuilt from the
+    # subset's size would let them see later keys)
+    subsets = [torch.randperm(tokens, generator=g)[:count].sort().values
+               for count in sorted({max(1, tokens // 3 + 1), max(1, tokens // 2)})]
+    subsets.append(torch.arange(max(1, (tokens + 2) // 3)))
+    for index in subsets:
+        index, count = index.to(h_l.device), index.numel()
+        try:
+            with torch.no_grad():
+                h_sel, *_ = subset_stack(*inputs, index, *[t.clone() for t in kv_full])
+        except Exception as exc:  # the regrouping reshape fails outright for most subset sizes
+            raise _subset_refusal(stack, f"the blocks cannot run on a subset of {count} of {tokens} tokens "
+                                  f"({type(exc).__name__}: {str(exc)[:160]})", exc) from exc
+        want = h_full.index_select(1, index).float()
+        error = (h_sel.float() - want).abs().max().item()
+        scale = want.abs().max().item() + 1e-6
+        if not error <= 1e-3 * scale:
+            raise _subset_refusal(stack, f"on a subset of {count} of {tokens} tokens the blocks give other rows "
+                                  f"than the full stack (max error {error:.2e}, output scale {scale:.2e}): they mix "
+                                  "tokens outside attention")
+
+
+def _perturbed(x, g: torch.Generator):
+    """A floating-point stack input with every element nudged (same shape, dtype and scale); others as is."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+        return x
+    if not bool(torch.isfinite(x).all()):  # an additive attention mask (-inf): kept as is
+        return x
+    noise = torch.randn(x.shape, generator=g, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    return x + 0.1 * noise * (x.float().abs().mean().to(x.dtype) + 1e-3)
+
+
+def _subset_refusal(stack, reason: str, cause: BaseException | None = None) -> StructureNotFound:
     suspects = _regrouping_nodes(stack)
-    node = suspects[0] if suspects else None
     hint = ("the first reshape that changes the token axis inside the blocks is named below" if suspects else
-            "no token-axis reshape found: look for ops that reduce or convolve over the token axis")
-    try:
-        with torch.no_grad():
-            h_sel, *_ = subset_stack(*stack_in, index, *kv)
-        want = h_l.index_select(1, index)
-        error = (h_sel.float() - want.float()).abs().max().item()
-        scale = want.float().abs().max().item() + 1e-6
-    except Exception as exc:  # the regrouping reshape fails outright for most subset sizes
-        raise StructureNotFound("token_subset", f"the blocks cannot run on a subset of {count} of {tokens} tokens "
-                                f"({type(exc).__name__}: {str(exc)[:160]}); {hint}", node) from exc
-    if error > 1e-3 * scale:
-        raise StructureNotFound("token_subset", f"on a subset of {count} of {tokens} tokens the blocks give other "
-                                f"rows than the full stack (max error {error:.2e}, output scale {scale:.2e}): they "
-                                f"mix tokens outside attention; {hint}", node)
+            "no token-axis reshape found: look for ops that build masks from, reduce or convolve over the token axis")
+    return StructureNotFound("token_subset", f"{reason}; {hint}", suspects[0] if suspects else None)
 
 
 def _regrouping_nodes(stack) -> list:

@@ -19,7 +19,7 @@ STRUCTURE = "mcgraph.compiler.structure"
 @dataclass
 class AttentionSite:
     node: str
-    kind: str  # "self" | "cross"
+    kind: str  # "self" | "cross" | "other" (self-attention over a sequence that is not the token stream)
     module: str
     block: int | None
     q_proj: str | None
@@ -58,9 +58,34 @@ class TokenGrid:
     height: str
     width: str
     example: tuple[int, int, int]
-    patch_size: tuple[int, ...]
-    patch_embed: str  # node producing [B, D, F, H, W]
+    patch_size: tuple[int, ...]  # (1, 1, 1) when the latent input is already tokens
+    patch_embed: str  # node making the tokens: a convolution ([B, D, F, H, W], ...) or a projection
     latent_input: str | None
+    # what the latent input holds: "video" [B, C, F, H, W], "image" [B, C, H, W], "frames in batch" (a Conv2d
+    # over its frames folded into the batch) or "tokens" [B, L, C] (patchified outside the model)
+    latent_layout: str
+    # how a call's grid is read from its inputs (sizes are symbolic: one capture serves many shapes): frames,
+    # height and width as trees over size symbols (an int, a symbol's name, or (op, *operands) with op one of
+    # + * // %), and where each symbol is read: name -> (input, dim, divisor), dim None for a Python int input
+    formulas: tuple
+    size_inputs: dict[str, tuple[str, int | None, int]]
+
+    def evaluate(self, sizes: dict) -> tuple:
+        """(frames, height, width) of a call whose size symbols have these values (plain Python: traceable)."""
+        return tuple(_evaluate(f, sizes) for f in self.formulas)
+
+
+def _evaluate(tree, sizes: dict):
+    if isinstance(tree, int):
+        return tree
+    if isinstance(tree, str):
+        return sizes[tree]
+    op, *args = tree
+    values = [_evaluate(a, sizes) for a in args]
+    out = values[0]
+    for v in values[1:]:
+        out = out + v if op == "+" else out * v if op == "*" else out // v if op == "//" else out % v
+    return out
 
 
 @dataclass
@@ -97,7 +122,7 @@ class ModelStructure:
             lines.append(
                 f"token grid: frames x height x width = {g.frames} x {g.height} x {g.width} "
                 f"(= {g.example[0]} x {g.example[1]} x {g.example[2]}), patch {g.patch_size}, "
-                f"patch embedding {g.patch_embed!r} reading input {g.latent_input!r}"
+                f"patch embedding {g.patch_embed!r} reading input {g.latent_input!r} ({g.latent_layout})"
             )
         if self.inputs:
             lines.append("inputs: " + ", ".join(f"{k} ({v})" for k, v in self.inputs.items()))

@@ -110,12 +110,15 @@ class CacheStep:
         return flat[self.graphs.input_names.index(self.structure.grid.latent_input)]
 
     def geometry(self, flat) -> tuple[int, int]:
-        """(frames, tokens per frame) of this call, from the latent input's shape and the patch size."""
-        latent = self.latent_input(flat)
-        pt, ph, pw = self.structure.grid.patch_size
-        if latent.dim() == 5:
-            return latent.shape[2] // pt, (latent.shape[3] // ph) * (latent.shape[4] // pw)
-        return 1, (latent.shape[2] // ph) * (latent.shape[3] // pw)
+        """(frames, tokens per frame) of this call: the grid's formulas over the call's sizes (latent dims, Python
+        ints it passes), which hold for every shape the capture serves, whatever the latent's layout."""
+        grid = self.structure.grid
+        sizes = {}
+        for symbol, (name, dim, divisor) in grid.size_inputs.items():
+            x = flat[self.graphs.input_names.index(name)]
+            sizes[symbol] = (x if dim is None else x.shape[dim]) // divisor
+        frames, height, width = grid.evaluate(sizes)
+        return frames, height * width
 
     @property
     def has_timesteps(self) -> bool:

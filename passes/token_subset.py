@@ -38,6 +38,11 @@ class TokenSubset:
     layers: int  # self-attention layers with a K/V cache
 
 
+def _is_token_count(val, token_count) -> bool:
+    """A symbolic size provably equal to the stack's token count (it becomes the subset's size)."""
+    return isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count)
+
+
 class TokenSubsetStack(GraphPass):
     name = "token_subset"
 
@@ -71,8 +76,7 @@ class TokenSubsetStack(GraphPass):
             caches.append((g.placeholder(f"k_cache_{i}"), g.placeholder(f"v_cache_{i}")))
 
         def gather(node, dim):
-            out = g.call_function(ATEN.index_select.default, (node, dim, index))
-            return out
+            return g.call_function(ATEN.index_select.default, (node, dim, index))
 
         h_sel = gather(raw[stream], 1)
         n_sel = g.call_function(ATEN.sym_size.int, (h_sel, 1))
@@ -81,7 +85,7 @@ class TokenSubsetStack(GraphPass):
             dims = split.token_dims.get(p.name, ())
             if p is stream:
                 env[p] = h_sel
-            elif isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count):
+            elif _is_token_count(val, token_count):
                 env[p] = n_sel
             elif not dims:
                 env[p] = raw[p]
@@ -101,9 +105,7 @@ class TokenSubsetStack(GraphPass):
         for n in src:
             if n.op in ("placeholder", "output") or is_shape_assert(n):
                 continue
-            val = n.meta.get("val")
-            if isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count):
-                # the token count computed inside the stack (e.g. frames * height * width for a reshape)
+            if _is_token_count(n.meta.get("val"), token_count):  # computed in the stack, e.g. F * H * W
                 env[n] = n_sel
                 continue
             if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":

@@ -22,7 +22,7 @@ def test_inspect_json_and_dump(capsys, tmp_path):
     assert main(["inspect", "--model", "plain-dit", "--json", "--dump", str(tmp_path)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["grid"]["example"] == [4, 4, 5] and len(data["blocks"]) == 3
-    assert (tmp_path / "00_attention_sites_before.txt").is_file()
+    assert list(tmp_path.glob("*_attention_sites_before.txt")), sorted(p.name for p in tmp_path.iterdir())
 
 
 def no_attention_model():

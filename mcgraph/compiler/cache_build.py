@@ -74,8 +74,8 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
             raise
         # the rewritten blocks fail on a subset: they regroup or re-size the token axis (a mask built from the
         # token count, a per-frame unflatten): a construct the subset rewrite does not support, named
-        raise _subset_refusal(split.stack, f"the blocks cannot run on a subset of the tokens ({exc.reason.removeprefix('crashed with ')[:200]})",
-                              exc) from exc
+        cause = exc.reason.removeprefix("crashed with ")[:200]
+        raise _subset_refusal(split.stack, f"the blocks cannot run on a subset of the tokens ({cause})") from exc
     # run every split graph once on the example: real shape metadata, and proof that they execute
     propagate(split.prologue, *flat)
     propagate(split.stack, *stack_in)
@@ -83,7 +83,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
     for name, g in (("split_stack.prologue", split.prologue), ("split_stack.stack", split.stack),
                     ("split_stack.epilogue", split.epilogue)):
         verify_graph(g, name)
-    check_subset_rows(subsets[1], split.stack, stack_in, h_l, kv)
+    check_subset_rows(subsets[1], split.stack, stack_in)
     input_names = [n.name for n in captured.graph_module.graph.nodes if n.op == "placeholder"]
     return StepGraphs(prologue=split.prologue, stack=split.stack, subset_stack=subsets[0],
                       subset_stack_functional=subsets[1], epilogue=split.epilogue, boundary=split.boundary,
@@ -96,8 +96,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
                       stream_dtype=values[split.stream_input].dtype)
 
 
-
-def check_subset_rows(subset_stack, stack, stack_in: list, h_l: torch.Tensor, kv: list) -> None:
+def check_subset_rows(subset_stack, stack, stack_in: list) -> None:
     """The token-subset stack must give exactly the full stack's rows for the tokens it runs (given fresh K/V).
 
     The rewrite gathers token rows and keeps every other op as is, which is right only when the blocks treat
@@ -106,26 +105,26 @@ def check_subset_rows(subset_stack, stack, stack_in: list, h_l: torch.Tensor, kv
     land in the wrong frame. Checked on perturbed inputs (every frame and token different, which the example
     need not be: a first call often has one timestep for every frame), on two irregular subsets and on the
     first tokens, so such a model is refused at build time instead of answering wrong at run time."""
-    tokens = h_l.shape[1]
-    if tokens < 2:
-        return
     g = torch.Generator().manual_seed(0)
     inputs = [_perturbed(x, g) for x in stack_in]
     with torch.no_grad():
         h_full, *kv_full = stack(*inputs)
+    tokens = h_full.shape[1]
+    if tokens < 2:
+        return
     # irregular subsets (no stride lines up with frames), and the first tokens (a causal mask rebuilt from the
     # subset's size would let them see later keys)
     subsets = [torch.randperm(tokens, generator=g)[:count].sort().values
                for count in sorted({max(1, tokens // 3 + 1), max(1, tokens // 2)})]
     subsets.append(torch.arange(max(1, (tokens + 2) // 3)))
     for index in subsets:
-        index, count = index.to(h_l.device), index.numel()
+        index, count = index.to(h_full.device), index.numel()
         try:
             with torch.no_grad():
                 h_sel, *_ = subset_stack(*inputs, index, *[t.clone() for t in kv_full])
         except Exception as exc:  # the regrouping reshape fails outright for most subset sizes
             raise _subset_refusal(stack, f"the blocks cannot run on a subset of {count} of {tokens} tokens "
-                                  f"({type(exc).__name__}: {str(exc)[:160]})", exc) from exc
+                                  f"({type(exc).__name__}: {str(exc)[:160]})") from exc
         want = h_full.index_select(1, index).float()
         error = (h_sel.float() - want).abs().max().item()
         scale = want.abs().max().item() + 1e-6
@@ -145,7 +144,7 @@ def _perturbed(x, g: torch.Generator):
     return x + 0.1 * noise * (x.float().abs().mean().to(x.dtype) + 1e-3)
 
 
-def _subset_refusal(stack, reason: str, cause: BaseException | None = None) -> StructureNotFound:
+def _subset_refusal(stack, reason: str) -> StructureNotFound:
     suspects = _regrouping_nodes(stack)
     hint = ("the first reshape that changes the token axis inside the blocks is named below" if suspects else
             "no token-axis reshape found: look for ops that build masks from, reduce or convolve over the token axis")

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from mcgraph.compiler.analysis import analyze
-from mcgraph.compiler.cache_build import build_step_graphs
 from mcgraph.compiler.capture import CapturedGraph, bind_call, static_key
 from mcgraph.compiler.structure import ModelStructure
 from mcgraph.config import CacheConfig, NoCache
@@ -26,13 +25,12 @@ from mcgraph.errors import CaptureError, ConfigError
 from mcgraph.runtime.memory import CacheMemoryReport, describe, warn_if_large
 from mcgraph.runtime.plain_export import refuse_plain_export, under_plain_export
 from mcgraph.runtime.model_guard import ModelSnapshot
-from mcgraph.runtime.session import CacheSession, SessionControls
+from mcgraph.runtime.session import CacheSession, SessionControls, assert_finite_in_graph
 from mcgraph.runtime.specialisations import (
     Specialisation,
     SpecialisationSet,
-    chunk_frames,
     specialise,
-    step_graph_for,
+    specialise_captured,
 )
 from mcgraph.runtime.step import CacheStep
 from mcgraph.runtime.step_graph import StepGraph
@@ -63,9 +61,7 @@ class TracedRunner(EagerRunner):
         self.graph = graph
 
     def run(self, flat, state):
-        # the in-graph twin of the session's check (skipped when traced): a compiled module cannot raise from
-        # Python, and dynamo never writes the state back when the graph raises
-        _assert_finite_in_graph(flat, self.step.graphs.input_names)
+        assert_finite_in_graph(self.step.graphs.input_names, flat)  # the session skips its check when traced
         return self.step(flat, state, traced=True, buckets=self.graph.buckets)
 
 
@@ -152,14 +148,8 @@ class OptimizedModule(SessionControls, torch.nn.Module):
         _check_config(config)
         self._check_model()
         first = self.__dict__["_specs"].items[0]
-        spec = Specialisation(first.captured, first.structure)
-        if config.caches:
-            if spec.structure is None:
-                spec.structure = analyze(first.captured, dump_dir=self.__dict__["_dump_dir"])
-            graphs = first.step.graphs if first.step is not None else build_step_graphs(first.captured,
-                                                                                        self.__dict__["_dump_dir"])
-            spec.step = CacheStep(graphs, spec.structure, config, chunk_frames(self.original_module, config))
-            spec.graph = step_graph_for(spec.step, spec)
+        spec = specialise_captured(self.original_module, first.captured, config, self.__dict__["_dump_dir"],
+                                   reuse=first)
         return OptimizedModule(self.original_module, config, spec, self.__dict__["_dump_dir"],
                                snapshot=self.__dict__["_specs"].snapshot)
 
@@ -179,8 +169,9 @@ class OptimizedModule(SessionControls, torch.nn.Module):
         if none fits; runs the captured graph once to check its guards (no cache state is touched)."""
         self._check_model()
         bound = bind_call(self.original_module, args, kwargs)
+        key = static_key(bound)
         for spec in reversed(self.__dict__["_specs"].items):
-            if spec.captured.static_key != static_key(bound):
+            if spec.captured.static_key != key:
                 continue
             try:
                 with torch.no_grad():
@@ -191,7 +182,7 @@ class OptimizedModule(SessionControls, torch.nn.Module):
                 continue
             break
         else:
-            spec = self.__dict__["_specs"].add_for(bound, static_key(bound), [])
+            spec = self.__dict__["_specs"].add_for(bound, key, [])
         return spec, bound, spec.flatten(bound)
 
     # ------------------------------------------------------------------------------------------- call
@@ -292,12 +283,6 @@ class OptimizedModule(SessionControls, torch.nn.Module):
 def _rebuild(model: torch.nn.Module, config: CacheConfig, example_kwargs: dict) -> OptimizedModule:
     return optimize(model, config, (), example_kwargs)
 
-
-def _assert_finite_in_graph(flat, names) -> None:
-    for name, value in zip(names, flat):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            torch._assert_async(torch.isfinite(value).all(), f"mcgraph: input {name!r} contains NaN or Inf; the "
-                                "call was refused before the cache state was touched")
 
 
 def _check_config(config) -> None:

@@ -73,12 +73,26 @@ def _sig_str(sig) -> str:
     return ", ".join(f"{list(s)}:{str(d).replace('torch.', '')}" for s, d, _ in sig)
 
 
+def _refused_non_finite(name: str) -> str:
+    return f"input {name!r} contains NaN or Inf; the call was refused before the cache state was touched"
+
+
+def _floating_inputs(names, flat):
+    return [(n, v) for n, v in zip(names, flat) if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
 def check_finite(names, flat, owner: str) -> None:
     """NonFiniteInputError naming the first floating-point input with NaN or Inf."""
-    for name, value in zip(names, flat):
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise NonFiniteInputError(f"{owner}: input {name!r} contains NaN or Inf; the call was refused before "
-                                      "the cache state was touched")
+    for name, value in _floating_inputs(names, flat):
+        if not bool(torch.isfinite(value).all()):
+            raise NonFiniteInputError(f"{owner}: {_refused_non_finite(name)}")
+
+
+def assert_finite_in_graph(names, flat) -> None:
+    """`check_finite` inside a traced step: a compiled module cannot raise from Python, so the check is an
+    assertion in the graph (RuntimeError with the same message; dynamo never writes the state back then)."""
+    for name, value in _floating_inputs(names, flat):
+        torch._assert_async(torch.isfinite(value).all(), f"mcgraph: {_refused_non_finite(name)}")
 
 
 class CacheSession:

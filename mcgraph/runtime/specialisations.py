@@ -73,13 +73,20 @@ def specialise(model, args, kwargs, config: CacheConfig, dump_dir) -> Specialisa
     return specialise_captured(model, capture(model, args, kwargs), config, dump_dir)
 
 
-def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dump_dir) -> Specialisation:
-    """For a caching config, analyse a captured graph and build its cache step and step graph. Identity needs
-    no structure: it runs the captured graph as is, so a model the analyses do not understand still runs."""
+def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dump_dir,
+                        reuse: Specialisation | None = None) -> Specialisation:
+    """For a caching config, analyse a captured graph and build its cache step and step graph; `reuse`: a
+    specialisation of the same capture whose structure and step graphs (where it has them) are taken as they
+    are (another config on the same capture). Identity needs no structure: it runs the captured graph as is,
+    so a model the analyses do not understand still runs."""
+    structure = reuse.structure if reuse is not None else None
     if not config.caches:
-        return Specialisation(captured, None)
-    structure = analyze(captured, dump_dir=dump_dir)
-    step = CacheStep(build_step_graphs(captured, dump_dir), structure, config, chunk_frames(model, config))
+        return Specialisation(captured, structure)
+    if structure is None:
+        structure = analyze(captured, dump_dir=dump_dir)
+    graphs = reuse.step.graphs if reuse is not None and reuse.step is not None else build_step_graphs(captured,
+                                                                                                      dump_dir)
+    step = CacheStep(graphs, structure, config, chunk_frames(model, config))
     spec = Specialisation(captured, structure, step)
     spec.graph = step_graph_for(step, spec)
     return spec
@@ -87,7 +94,6 @@ def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dum
 
 def step_graph_for(step: CacheStep, spec: Specialisation) -> StepGraph:
     return StepGraph(step, spec.flatten(spec.captured.example_bound))
-
 
 
 class SpecialisationSet:

@@ -128,6 +128,15 @@ class ReuseConfig(CacheConfig):
     capacity_buckets: None computes exactly the selected tokens (data-dependent count, eager); a tuple of
         fractions of the token count gives static shapes for compile/export (top-k by score; extra tokens
         are simply recomputed).
+    token_budget: a static token budget instead of a data-dependent count: after a context's first call every
+        call runs exactly round(token_budget * tokens) tokens through the blocks (at least 1), the policy's
+        selection first, then the largest accumulated distances, so one static-shaped graph serves every
+        call (CUDA graphs, fixed-shape engines). Selected tokens beyond the budget wait for a later call
+        (their accumulators are kept); only a call whose never-computed or invalidated tokens exceed the
+        budget runs the full stack (their cached values do not exist or no longer hold).
+    subset_cost_model: with exact token counts (no buckets, no budget), time the subset stack against the full
+        stack once per captured shape (`mcgraph.runtime.cost_model`) and run the full stack when a subset would
+        cost more (never below half the tokens). False: always run exactly the selected tokens.
     max_cache_bytes: refuse (before allocating) a cache state larger than this, per context.
     """
 
@@ -139,6 +148,8 @@ class ReuseConfig(CacheConfig):
     final_timestep: float = 50.0
     chunk_frames: int | None = None
     capacity_buckets: tuple[float, ...] | None = None
+    token_budget: float | None = None
+    subset_cost_model: bool = True
     max_cache_bytes: int | None = None
 
     def validate(self) -> None:
@@ -152,6 +163,10 @@ class ReuseConfig(CacheConfig):
                     "capacity_buckets", "must be fractions in (0, 1]")
             require(self.capacity_buckets[-1] == 1.0, self, "capacity_buckets",
                     "must end with 1.0 so that any selection fits a bucket")
+        require(self.token_budget is None or 0 < self.token_budget <= 1, self, "token_budget",
+                "must be a fraction of the tokens in (0, 1], or None")
+        require(self.token_budget is None or self.capacity_buckets is None, self, "token_budget",
+                "and capacity_buckets are two ways to fix the token count: set one")
         require(self.max_cache_bytes is None or self.max_cache_bytes > 0, self, "max_cache_bytes", "must be > 0")
 
 

@@ -39,7 +39,7 @@ def test_tool_copies_no_runtime_code():
     for copied in ("def decide", "def chunk_mean", "def _motion_weights", "def _geometry", "frame_differences",
                    "normalise_per_frame", ".abs().mean(-1)", "import decide", "import chunk_mean"):
         assert copied not in text, copied
-    for used in ("step.decide(", "step.with_config(", ".finish(", "graphs.subset_stack("):
+    for used in ("step.decide(", "step.with_config(", ".finish(", "graphs.run(\"subset_stack\""):
         assert used in text, used
 
 

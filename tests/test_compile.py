@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 from mcgraph.compiler.dynamo_lowering import normalise_module_path
 from mcgraph.runtime.backend import mcgraph_backend
 from mcgraph.config import MotionCacheConfig, NoCache
+from mcgraph.zoo.subjects import SUBJECTS
 
 from .cached import cached
 from .generations import reference_generation, skyreels_generation, wan_generation
@@ -125,3 +126,17 @@ def test_inductor_compiles_the_cache_aware_graph():
     got = reference_generation(compiled)
     assert (got - want).abs().max().item() <= TOL
     assert not counters["graph_break"]
+
+
+def test_backend_compiles_its_step_once():
+    """The state a call returns has the strides of the state the first call was compiled with (contiguous):
+    before, a residual made from a transposed stream changed them and the second call compiled again."""
+    subject = SUBJECTS["reference-untrained"]()
+    compiled = torch.compile(subject.model, backend="mcgraph", fullgraph=True, dynamic=True,
+                             options={"config": CONFIG, "backend": "eager"})
+    kw = dict(subject.kwargs)
+    with torch.no_grad():
+        compiled(**kw)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for i in range(1, 3):
+                compiled(**dict(kw, hidden_states=kw["hidden_states"] + 0.01 * i, timesteps=kw["timesteps"] - 10 * i))

@@ -125,3 +125,16 @@ def test_pickle_and_deepcopy_give_an_independent_working_copy(how):
     with torch.no_grad():
         next(copied.original_module.parameters()).add_(1.0)  # independent weights
     assert torch.equal(opt.reset_cache() or opt(**subject.kwargs), want)
+
+
+def test_compiling_the_original_model_is_not_a_change():
+    """torch.compile marks the module it compiles (`_is_torch_compile`); no capture reads that, so the optimised
+    module keeps its capture and cache (a recapture would warn and reset the cache state)."""
+    model = Scaled().eval()
+    opt = mcgraph.optimize(model, example_args=(_x(),))
+    compiled = torch.compile(model, backend="eager")
+    compiled(_x())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(opt(_x()), model(_x()))
+    assert opt.__dict__["_specs"].model_changes == 0

@@ -177,9 +177,9 @@ def what_if(graphs, stack_in, index, kv, repeats: int, compile_: bool, log) -> d
     (``subset_stack``, eager) and out of place (``subset_stack_functional``, compile / export); with
     `compile_`, also both stacks under ``torch.compile``."""
     kv_own = [t.clone() for t in kv]
-    fns = {"full": lambda: graphs.stack(*stack_in),
-           "subset": lambda: graphs.subset_stack_functional(*stack_in, index, *kv),
-           "subset_in_place": lambda: graphs.subset_stack(*stack_in, index, *kv_own)}
+    fns = {"full": lambda: graphs.run("stack", *stack_in),
+           "subset": lambda: graphs.run("subset_stack_functional", *stack_in, index, *kv),
+           "subset_in_place": lambda: graphs.run("subset_stack", *stack_in, index, *kv_own)}
     if compile_:
         log("   what-if: torch.compile of both stacks (a minute or more) ...")
         t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def decision_fns(model, kwargs, step, flat, seed: int) -> dict[str, Callable]:
                  weights=torch.rand(like.shape, generator=gen).to(like.device) * 0.4 + 0.6)
 
     def decision():  # CacheStep.__call__ between the prologue and the execution
-        update, *_ = step.decide(flat, front, later)
+        update = step.decide(flat, front, later).update
         return update.any(0).nonzero()
 
     h_l = front.h0 + state["residual"]
@@ -241,16 +241,17 @@ def decision_fns(model, kwargs, step, flat, seed: int) -> dict[str, Callable]:
 
 def stack_fns(graphs, stack_in, fraction: float, seed: int):
     """(index, K/V, error, callables) for the full and subset stacks and the subset's fixed cost."""
-    h_full, *kv = graphs.stack(*stack_in)
+    h_full, *kv = graphs.run("stack", *stack_in)
     tokens = h_full.shape[1]
     n_sel = max(1, round(fraction * tokens))
     index = torch.randperm(tokens, generator=torch.Generator().manual_seed(seed))[:n_sel].sort().values
-    h_sel, *_ = graphs.subset_stack(*stack_in, index, *kv)
+    h_sel, *_ = graphs.run("subset_stack", *stack_in, index, *kv)
     err = (h_sel - h_full.index_select(1, index)).abs().max().item()  # fresh cache: must match the full rows
     every = torch.arange(tokens)
-    fns = {"full": lambda: graphs.stack(*stack_in), "subset": lambda: graphs.subset_stack(*stack_in, index, *kv),
-           "subset_1": lambda: graphs.subset_stack(*stack_in, index[:1], *kv),
-           "subset_all": lambda: graphs.subset_stack(*stack_in, every, *kv)}
+    fns = {"full": lambda: graphs.run("stack", *stack_in),
+           "subset": lambda: graphs.run("subset_stack", *stack_in, index, *kv),
+           "subset_1": lambda: graphs.run("subset_stack", *stack_in, index[:1], *kv),
+           "subset_all": lambda: graphs.run("subset_stack", *stack_in, every, *kv)}
     return h_full, index, kv, err, fns
 
 

@@ -4,13 +4,14 @@ a typed `StepGraphs`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx._pytree as fx_pytree
 
 from mcgraph.compiler.analysis import analysed_module
 from mcgraph.compiler.capture import CapturedGraph
+from mcgraph.compiler.lean_code import lean_function
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.compiler.pass_infra import PassManager
 from mcgraph.compiler.verifier import verify_graph
@@ -44,6 +45,19 @@ class StepGraphs:
     indicator_dim: int = 0
     indicator_dtype: torch.dtype | None = None
     stream_dtype: torch.dtype | None = None
+    _lean: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def run(self, name: str, *args):
+        """Run one graph (`prologue`, `stack`, `subset_stack`, ...): its lean function when run eagerly (see
+        `compiler.lean_code`: the same kernels with less Python per op), the fx module itself under
+        torch.compile and export, which trace it."""
+        gm = getattr(self, name)
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or not isinstance(gm, torch.fx.GraphModule):
+            return gm(*args)
+        fn = self._lean.get(name)
+        if fn is None:
+            fn = self._lean[name] = lean_function(gm)
+        return fn(*args)
 
 
 def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:

@@ -24,8 +24,10 @@ import torch
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 # nn.Module bookkeeping: the tensors and children are compared by identity; hook dicts by their size
 _BY_IDENTITY = ("_parameters", "_buffers", "_modules")
+# bookkeeping no capture reads: state-dict hooks, and what torch.compile marks on a module it compiles (compiling the
+# original model after optimize must not recapture it)
 _SKIPPED = ("_non_persistent_buffers_set", "_state_dict_hooks", "_state_dict_pre_hooks",
-            "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+            "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_is_torch_compile", "_compiled_call_impl")
 
 
 def _is_plain(value: Any) -> bool:
@@ -81,11 +83,17 @@ class ModelSnapshot:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self._modules = [(f"{name}." if name else "", m) for name, m in model.named_modules(remove_duplicate=False)]
-        self._copies = [(m.__dict__, _shallow_copy(m)) for _, m in self._modules]
-        # fields of dataclass configs held by a module, compared like the module's own attributes
-        self._copies += [(vars(v), dict(vars(v))) for _, m in self._modules for v in m.__dict__.values()
-                         if _is_record(v)]
+        self._take_copies()
         self.values = self._read()
+
+    def _take_copies(self) -> None:
+        copies = [(m.__dict__, _shallow_copy(m)) for _, m in self._modules]
+        # fields of dataclass configs held by a module, compared like the module's own attributes
+        copies += [(vars(v), dict(vars(v))) for _, m in self._modules for v in m.__dict__.values() if _is_record(v)]
+        # two lists compared in one `==`: the per-item loop runs in C (a generator over ~100 modules cost as much
+        # as the comparisons on a small model)
+        self._live = [live for live, _ in copies]
+        self._copied = [copy for _, copy in copies]
 
     def _read(self) -> dict:
         out: dict = {}
@@ -97,9 +105,14 @@ class ModelSnapshot:
         """True when nothing the snapshot covers changed since it was taken. Fast (dict comparisons in C,
         which compare identical objects without calling their `__eq__`): it runs on every call."""
         try:
-            return all(copy == live for live, copy in self._copies)
-        except Exception:  # a rebound tensor attribute compared by value: ambiguous, so changed
+            if self._copied == self._live:
+                return True
+        except Exception:  # noqa: BLE001 - a rebound tensor attribute compared by value: look closer
+            pass
+        if self.changes(limit=1):
             return False
+        self._take_copies()  # only bookkeeping no capture reads changed (e.g. torch.compile's mark): accept it
+        return True
 
     def changes(self, limit: int = 5) -> list[str]:
         """`'name': before -> after` for what changed (at most `limit`), for warnings and errors."""

@@ -62,34 +62,46 @@ def registered_policies() -> dict[type, type]:
 
 
 # ------------------------------------------------------------------------------------------- chunk maths
-def _chunk_layout(frames: int, chunk_frames: int, device, dtype):
-    """(chunk id of every frame, frames per chunk): from Python ints, so traced graphs hold constants
-    (bincount would have a data-dependent size)."""
-    n_chunks = (frames + chunk_frames - 1) // chunk_frames
-    chunk_id = torch.arange(frames, device=device) // chunk_frames
-    counts = torch.tensor([min(chunk_frames, frames - c * chunk_frames) for c in range(n_chunks)], dtype=dtype,
-                          device=device)
-    return chunk_id, counts
+# Chunks from Python ints (frames, chunk_frames) and reshapes: a traced graph holds constants (bincount would
+# have a data-dependent size), and an eager call makes no index tensors (this runs several times per call).
+def _by_chunk(x: torch.Tensor, frames: int, chunk_frames: int) -> tuple[torch.Tensor, int, int]:
+    """[B, F, S] -> ([B, chunks, chunk_frames, S] zero-padded, chunks, frames in the last chunk)."""
+    b, _, s = x.shape
+    chunks = -(-frames // chunk_frames)
+    pad = chunks * chunk_frames - frames
+    if pad:
+        x = torch.cat([x, x.new_zeros(b, pad, s)], 1)
+    return x.view(b, chunks, chunk_frames, s), chunks, chunk_frames - pad
+
+
+def _per_chunk(values: torch.Tensor, last_frames: int, chunk_frames: int, op) -> torch.Tensor:
+    """`op(values, frames in the chunk)` per chunk along dim 1, where only the last chunk may be short."""
+    if last_frames == chunk_frames:
+        return op(values, chunk_frames)
+    return torch.cat([op(values[:, :-1], chunk_frames), op(values[:, -1:], last_frames)], 1)
+
+
+def _to_frames(per_chunk: torch.Tensor, frames: int, chunk_frames: int) -> torch.Tensor:
+    """[B, chunks, S] -> [B, frames, S]: each frame gets its chunk's value."""
+    b, chunks, s = per_chunk.shape
+    return per_chunk[:, :, None].expand(b, chunks, chunk_frames, s).reshape(b, chunks * chunk_frames, s)[:, :frames]
 
 
 def chunk_mean(values: torch.Tensor, frames: int, chunk_frames: int) -> torch.Tensor:
     """[B, L] -> [B, L]: every token gets the mean over its chunk of `chunk_frames` frames (last may be short)."""
     b, n = values.shape
-    per_frame = values.view(b, frames, n // frames).mean(2)  # [B, F]
-    chunk_id, counts = _chunk_layout(frames, chunk_frames, values.device, values.dtype)
-    sums = torch.zeros(b, counts.shape[0], dtype=values.dtype, device=values.device).index_add(1, chunk_id, per_frame)
-    return (sums / counts)[:, chunk_id].repeat_interleave(n // frames, dim=1)
+    grouped, _, last = _by_chunk(values.view(b, frames, n // frames), frames, chunk_frames)
+    sums = grouped.sum((2, 3))[:, :, None]  # [B, chunks, 1]
+    means = _per_chunk(sums, last, chunk_frames, lambda v, f: v / (f * (n // frames)))
+    return _to_frames(means, frames, chunk_frames).expand(b, frames, n // frames).reshape(b, n)
 
 
 def _vote(mask: torch.Tensor, frames: int, chunk_frames: int, threshold: float) -> torch.Tensor:
     """Per chunk and spatial position: all frames of the chunk if more than `threshold` of them are selected."""
     b, n = mask.shape
-    s = n // frames
-    per = mask.view(b, frames, s).float()
-    chunk_id, counts = _chunk_layout(frames, chunk_frames, mask.device, torch.float32)
-    sums = torch.zeros(b, counts.shape[0], s, device=mask.device).index_add(1, chunk_id, per)
-    vote = (sums / counts[None, :, None]) > threshold  # [B, chunks, S]
-    return vote[:, chunk_id].reshape(b, n)
+    grouped, _, last = _by_chunk(mask.view(b, frames, n // frames).float(), frames, chunk_frames)
+    votes = _per_chunk(grouped.sum(2), last, chunk_frames, lambda v, f: v > threshold * f)  # [B, chunks, S]
+    return _to_frames(votes, frames, chunk_frames).reshape(b, n)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -136,6 +148,25 @@ class CallView:
     patch_size: tuple[int, int, int]
 
 
+@dataclass
+class Decision:
+    """A policy's decision for one call, before it is settled by what actually ran."""
+
+    update: torch.Tensor  # [B, L] bool: the tokens the policy recomputes
+    acc: torch.Tensor  # [B, L] accumulated distance including this call's step (nothing reset yet)
+    computes: torch.Tensor  # [B, L] compute counts before this call
+    required: torch.Tensor  # [B, L] bool: never computed or invalidated (no usable cached value): no budget defers
+
+    def settle(self, ran: torch.Tensor | None = None):
+        """(recomputed [B, L], new acc, new computes). None: the tokens the policy chose (they all ran; extra
+        rows a capacity bucket ran are not counted). `ran` [L] bool (a token budget): exactly the tokens that
+        ran, chosen or not: they restart their accumulators and count a compute, while a chosen token the
+        budget left out keeps its accumulated distance and so leads the next call (budgets rotate)."""
+        done = self.update if ran is None else ran[None, :].expand_as(self.update)
+        return done, torch.where(done, torch.zeros_like(self.acc), self.acc), self.computes + done.to(
+            self.computes.dtype)
+
+
 class Policy:
     """Base: accumulate a step distance, compute what is due, warming up or forced. Subclasses choose the
     step distance and how due tokens become the recompute mask."""
@@ -155,21 +186,21 @@ class Policy:
     def select(self, due, must, computes, frames: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def decide(self, d: Distances, acc, computes, final, weights, frames: int, invalid=None):
-        """(recompute mask U [B, L], new acc, new computes). `invalid` [B, L]: tokens whose cached values no
-        longer hold (an input the indicator does not see changed): computed whatever the policy says."""
+    def decide(self, d: Distances, acc, computes, final, weights, frames: int, invalid=None) -> Decision:
+        """The recompute mask U [B, L] and what settling it needs (`Decision.settle` resets the accumulators of
+        the tokens that ran). `invalid` [B, L]: tokens whose cached values no longer hold (an input the
+        indicator does not see changed): computed whatever the policy says."""
         cfg = self.config
         changed = d.token > 0
-        never = computes == 0
+        required = computes == 0
+        if invalid is not None:
+            required = required | invalid
         warm = changed & (computes < cfg.warmup_steps)
         forced = final & changed if cfg.force_final_step else torch.zeros_like(changed)
-        must = warm | forced | never
-        if invalid is not None:
-            must = must | invalid
+        must = warm | forced | required
         acc = acc + self.step_distance(d, computes, weights)
         update = self.select(acc >= cfg.threshold, must, computes, frames)
-        acc = torch.where(update, torch.zeros_like(acc), acc)
-        return update, acc, computes + update.to(computes.dtype)
+        return Decision(update, acc, computes, required)
 
     def new_weights(self, view: CallView, state: dict) -> dict:
         """State entries to replace after a call (weights and the like); none by default."""

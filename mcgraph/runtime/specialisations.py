@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.fx._pytree as fx_pytree
-import torch.utils._pytree as pytree
 
 from mcgraph.compiler.analysis import analyze
 from mcgraph.compiler.cache_build import build_step_graphs
@@ -28,6 +26,7 @@ from mcgraph.compiler.structure import ModelStructure
 from mcgraph.config import CacheConfig, ReuseConfig
 from mcgraph.errors import CaptureError
 from mcgraph.runtime.model_guard import ModelSnapshot
+from mcgraph.runtime.cost_model import SubsetCost, measure_subset_cost
 from mcgraph.runtime.step import CacheStep
 from mcgraph.runtime.step_graph import StepGraph
 
@@ -44,18 +43,21 @@ class Specialisation:
     step: CacheStep | None = None
     graph: StepGraph | None = None
 
-    def __post_init__(self):
-        # read once: dynamo does not trace into GraphModule.graph
-        info = self.captured.graph_module.graph._codegen.pytree_info
-        self.in_spec, self.out_spec = info.in_spec, info.out_spec
+    @property
+    def in_spec(self):
+        return self.captured.in_spec
+
+    @property
+    def out_spec(self):
+        return self.captured.out_spec
 
     def flatten(self, bound: dict) -> list:
         """The graph's flat inputs from a call's bound arguments."""
-        return fx_pytree.tree_flatten_spec(((), bound), self.in_spec)
+        return self.captured.flatten(bound)
 
     def unflatten(self, outputs) -> Any:
         """The model's return structure from the graph's flat outputs."""
-        return pytree.tree_unflatten(list(outputs), self.out_spec)
+        return self.captured.unflatten(outputs)
 
 
 def chunk_frames(model: torch.nn.Module, config: ReuseConfig) -> int:
@@ -87,9 +89,21 @@ def specialise_captured(model, captured: CapturedGraph, config: CacheConfig, dum
     graphs = reuse.step.graphs if reuse is not None and reuse.step is not None else build_step_graphs(captured,
                                                                                                       dump_dir)
     step = CacheStep(graphs, structure, config, chunk_frames(model, config))
+    step.subset_cost = _subset_cost(captured, step, reuse)
     spec = Specialisation(captured, structure, step)
     spec.graph = step_graph_for(step, spec)
     return spec
+
+
+def _subset_cost(captured: CapturedGraph, step: CacheStep, reuse: Specialisation | None) -> SubsetCost | None:
+    """The subset stack's measured cost, for configs that run exact token counts (taken from `reuse` when it
+    has one: the same graphs)."""
+    if reuse is not None and reuse.step is not None and reuse.step.subset_cost is not None:
+        return reuse.step.subset_cost
+    config = step.config
+    if not config.subset_cost_model or config.capacity_buckets is not None or config.token_budget is not None:
+        return None
+    return measure_subset_cost(step, captured.flatten(captured.example_bound))
 
 
 def step_graph_for(step: CacheStep, spec: Specialisation) -> StepGraph:

@@ -25,8 +25,10 @@ import torch
 from mcgraph.compiler.cache_build import StepGraphs
 from mcgraph.config import ReuseConfig
 from mcgraph.errors import McGraphError
+from mcgraph.runtime.cost_model import SubsetCost
 from mcgraph.runtime.memory import ACCUMULATOR_DTYPE, COUNT_DTYPE, state_layout, token_state
-from mcgraph.runtime.policies import CallView, Distances, policy_for
+from mcgraph.runtime.policies import CallView, Decision, Distances, policy_for
+from mcgraph.runtime.token_count import budget_tokens, bucket_sizes, eager_index, select_tokens
 
 DEFAULT_GRAPH_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 
@@ -62,23 +64,6 @@ def execution_path(executed: int, tokens: int) -> str:
     return "skip" if executed == 0 else ("full" if executed == tokens else "subset")
 
 
-def bucket_sizes(buckets, tokens: int) -> list[int]:
-    """Token counts of the capacity buckets (fractions of `tokens`), ascending, the last one all tokens."""
-    sizes = sorted({min(tokens, max(1, round(b * tokens))) for b in buckets})
-    return sizes if sizes[-1] == tokens else [*sizes, tokens]
-
-
-def select_tokens(selected: torch.Tensor, acc: torch.Tensor, k: int) -> torch.Tensor:
-    """The k tokens to run, ascending: every selected one, then those with the largest accumulated distance.
-
-    The score is made unique (float64, a tiny index term) so that eager, compiled and ONNX Runtime top-k pick
-    the same tokens: their tie-breaking rules differ."""
-    tokens = selected.shape[0]
-    order = torch.arange(tokens, device=selected.device, dtype=torch.float64)
-    score = selected.double() * 1e12 + acc.sum(0).double() - order * 1e-9
-    return score.topk(k).indices.sort().values
-
-
 def _cond(pred, true_fn, false_fn, operands):
     """torch.cond when compiling or exporting (one graph, both branches); a plain branch when run eagerly,
     where torch.cond would invoke dynamo on every call for nothing."""
@@ -100,6 +85,7 @@ class CacheStep:
     structure: object
     config: ReuseConfig
     chunk_frames: int
+    subset_cost: SubsetCost | None = None  # measured when the config asks for it (exact token counts)
     policy: object = field(init=False)
 
     def __post_init__(self):
@@ -163,7 +149,7 @@ class CacheStep:
     def front(self, flat) -> Front:
         """Run the prologue (everything before the blocks) and read the call's geometry."""
         g = self.graphs
-        pro = g.prologue(*flat)
+        pro = g.run("prologue", *flat)
         values = dict(zip(g.boundary, pro[:-1]))
         h0 = values[g.stream_input]
         batch, tokens, _ = h0.shape
@@ -177,19 +163,19 @@ class CacheStep:
         """The state before a context's first call: nothing computed yet (computes 0), so that call computes
         every token whatever the policy; the same tensors are the first inputs of an exported step graph."""
         b, n, dev = front.batch, front.tokens, front.h0.device
-        state = {
-            "indicator": torch.zeros_like(front.indicator),
+        state = {  # contiguous like every later state (`finish`), whatever the strides of the values they follow
+            "indicator": torch.zeros_like(front.indicator, memory_format=torch.contiguous_format),
             "acc": torch.zeros(b, n, dtype=ACCUMULATOR_DTYPE, device=dev),
             "computes": torch.zeros(b, n, dtype=COUNT_DTYPE, device=dev),
             "weights": torch.ones(b, n, dtype=ACCUMULATOR_DTYPE, device=dev),
-            "residual": torch.zeros_like(front.h0),
+            "residual": torch.zeros_like(front.h0, memory_format=torch.contiguous_format),
         }
         if self.has_timesteps:
             state["timesteps"] = torch.full((b, n), float("inf"), dtype=ACCUMULATOR_DTYPE, device=dev)
         for name, fill in self.policy.extra_state.items():
             state[name] = torch.full((b, n), fill, dtype=ACCUMULATOR_DTYPE, device=dev)
         for name, x in self.watched_inputs(front.flat):
-            state[f"watch_{name}"] = torch.zeros_like(x)
+            state[f"watch_{name}"] = torch.zeros_like(x, memory_format=torch.contiguous_format)
         state["kv"] = [torch.zeros(s, dtype=self.graphs.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]
         return state
 
@@ -226,8 +212,8 @@ class CacheStep:
             stale = stale | (diff if diff.shape[0] == b else diff.any().expand(b))
         return stale[:, None].expand(b, front.tokens)
 
-    def decide(self, flat, front: Front, state: dict):
-        """(recompute mask U [B, L], new acc, new computes): the policy's decision for this call.
+    def decide(self, flat, front: Front, state: dict) -> Decision:
+        """The policy's decision for this call (settled after execution: `Decision.settle`).
 
         A token whose timestep *rises* (a new chunk in the same window slot, a new generation of the same
         shape) is a new token: its compute count and accumulator restart, so it warms up and is computed."""
@@ -241,7 +227,7 @@ class CacheStep:
 
     def with_config(self, config: ReuseConfig) -> CacheStep:
         """The same graphs under another caching config (its own policy)."""
-        return CacheStep(self.graphs, self.structure, config, self.chunk_frames)
+        return CacheStep(self.graphs, self.structure, config, self.chunk_frames, self.subset_cost)
 
     # -------------------------------------------------------------------------------------- branches
     # each branch returns (h_L, residual, fresh rows [L], executed, *K/V)
@@ -252,28 +238,21 @@ class CacheStep:
                 *[t.clone() if copy else t for t in kv])
 
     def _full(self, stack_in, h0, count):
-        h_l, *kv_new = self.graphs.stack(*stack_in)
+        h_l, *kv_new = self.graphs.run("stack", *stack_in)
         return (h_l, h_l - h0, torch.ones(h0.shape[1], dtype=torch.bool, device=h0.device), count(h0.shape[1]),
                 *kv_new)
 
     def _subset(self, index, stack_in, h0, res, kv, count, inplace: bool):
-        stack = self.graphs.subset_stack if inplace else self.graphs.subset_stack_functional
-        h_sel, *kv_new = stack(*stack_in, index, *kv)
+        stack = "subset_stack" if inplace else "subset_stack_functional"
+        h_sel, *kv_new = self.graphs.run(stack, *stack_in, index, *kv)
         residual = res.index_copy(1, index, h_sel - h0.index_select(1, index))
         fresh = torch.zeros(h0.shape[1], dtype=torch.bool, device=h0.device).index_fill(0, index, True)
         return (h0 + residual, residual, fresh, count(index.shape[0]), *kv_new)
 
-    def execute_eager(self, selected, acc, front: Front, state: dict, first_call: bool):
+    def execute_eager(self, decision: Decision, front: Front, state: dict, first_call: bool):
         """(h_L, residual, fresh rows, executed, *kv) with Python picking the path."""
-        tokens, buckets = front.tokens, self.config.capacity_buckets
-        need = int(selected.sum())
-        index = None  # all tokens
-        if not first_call:
-            if buckets is None or need == 0:
-                index = selected.nonzero().squeeze(1)
-            else:
-                k = next(k for k in bucket_sizes(buckets, tokens) if k >= need)
-                index = None if k >= tokens else select_tokens(selected, acc, k)
+        tokens = front.tokens
+        index = None if first_call else eager_index(decision, tokens, self.config, self.subset_cost)
 
         def count(n):
             return n
@@ -284,17 +263,27 @@ class CacheStep:
             return self._skip(front.h0, state["residual"], state["kv"], count, copy=False)
         return self._subset(index, front.stack_in, front.h0, state["residual"], state["kv"], count, inplace=True)
 
-    def execute_traced(self, selected, acc, front: Front, state: dict, buckets):
-        """The same branches as `execute_eager`, chosen by a balanced `torch.cond` tree over static buckets."""
+    def execute_traced(self, decision: Decision, front: Front, state: dict, buckets):
+        """The same branches as `execute_eager`, chosen by a balanced `torch.cond` tree over static buckets;
+        with a token budget, two branches: the budget, or the full stack when the required tokens exceed it."""
         tokens = front.tokens
+        selected, acc = decision.update.any(0), decision.acc
+        budget = budget_tokens(self.config.token_budget, tokens)
+        if budget is not None:
+            required = decision.required.any(0)
+            selected = selected.long() + required.long()  # the priority select_tokens ranks by
         kv = list(state["kv"])
         n_kv = len(kv)
         # cond operands must be tensors; non-tensor stack inputs (static sizes) are closed over
         tensor_slots = [i for i, v in enumerate(front.stack_in) if isinstance(v, torch.Tensor)]
-        sizes = [k for k in bucket_sizes(buckets, tokens) if k < tokens]
-        need = selected.sum()
-        # branch 0 skips (nothing selected), branch i runs the i-th bucket, the last one the full stack
-        branch = (need > 0).long() + sum((need > k).long() for k in sizes)
+        sizes = [k for k in bucket_sizes(buckets, tokens) if k < tokens] if budget is None else []
+        # branch 0 skips (nothing selected), branch i runs the i-th bucket, the last one the full stack;
+        # a budget: branch 0 runs the budget, branch 1 the full stack
+        if budget is None:
+            need = selected.sum()
+            branch = (need > 0).long() + sum((need > k).long() for k in sizes)
+        else:
+            branch = (required.sum() > budget).long()
         operands = (branch, selected, acc, front.h0, state["residual"], *kv,
                     *[front.stack_in[i] for i in tensor_slots])
 
@@ -322,7 +311,8 @@ class CacheStep:
                                             inplace=False))
             return run
 
-        branches = [skip, *[subset(k) for k in sizes], full]
+        branches = [skip, *[subset(k) for k in sizes], full] if budget is None else (
+            [subset(budget), full] if budget < tokens else [full])
 
         def tree(lo, hi):
             # export retraces nested branches once per enclosing level: depth (log2 of the branch count),
@@ -348,7 +338,11 @@ class CacheStep:
                         patch_size=self.structure.grid.patch_size)
         new_state.update(self.policy.new_weights(view, state))
         for name, x in self.watched_inputs(flat):
-            new_state[f"watch_{name}"] = x.detach().clone()  # a copy: callers may reuse their input buffers
+            new_state[f"watch_{name}"] = x.detach().clone(memory_format=torch.contiguous_format)  # callers may reuse inputs
+        # contiguous: a compiled step is specialised on its inputs' strides, and the prologue's indicator, the
+        # expanded timesteps or a residual made from a transposed stream would change them after the first call
+        # (measured: the backend compiled its step twice)
+        new_state = {k: v.contiguous() for k, v in new_state.items()}
         new_state["kv"] = list(kv)
         return new_state
 
@@ -365,20 +359,20 @@ class CacheStep:
                 raise McGraphError(f"{type(self.config).__name__} is a benchmark control that runs the full stack "
                                    "every call; it has no traced (compiled / exported) form")
             return self._oracle_call(flat, front, state)
-        update, acc, computes = self.decide(flat, front, state)
-        selected = update.any(0)  # tokens any sample needs: run once for the whole batch
+        decision = self.decide(flat, front, state)  # tokens any sample needs run once for the whole batch
         if traced:
             buckets = tuple(buckets or self.config.capacity_buckets or DEFAULT_GRAPH_BUCKETS)
-            h_l, residual, fresh, executed, *kv = self.execute_traced(selected, acc, front, state, buckets)
+            h_l, residual, fresh, executed, *kv = self.execute_traced(decision, front, state, buckets)
         else:
-            h_l, residual, fresh, executed, *kv = self.execute_eager(selected, acc, front, state, first_call)
-        outputs = self.graphs.epilogue(h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
+            h_l, residual, fresh, executed, *kv = self.execute_eager(decision, front, state, first_call)
+        update, acc, computes = decision.settle(fresh if self.config.token_budget is not None else None)
+        outputs = self.graphs.run("epilogue", h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
         new_state = self.finish(flat, front, state, acc, computes, h_l, residual, kv, fresh, outputs)
         return StepResult(list(outputs), update, executed, new_state, front.frames, front.tokens)
 
     def _oracle_call(self, flat, front: Front, state: dict) -> StepResult:
         """The oracle control: full stack, then refresh only the tokens the policy picks by true change."""
-        h_full, *kv = self.graphs.stack(*front.stack_in)
+        h_full, *kv = self.graphs.run("stack", *front.stack_in)
         true_residual = h_full - front.h0
         old = state["residual"]
         change = (true_residual - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
@@ -389,7 +383,7 @@ class CacheStep:
         h_l = front.h0 + residual
         fresh = update.any(0)
         computes = state["computes"] + update.to(state["computes"].dtype)
-        outputs = self.graphs.epilogue(h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
+        outputs = self.graphs.run("epilogue", h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
         new_state = self.finish(flat, front, state, torch.zeros_like(state["acc"]), computes, h_l, residual, kv,
                                 fresh, outputs)
         return StepResult(list(outputs), update, int(fresh.sum()), new_state, front.frames, front.tokens)

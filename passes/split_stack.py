@@ -264,9 +264,12 @@ class SplitStack(GraphPass):
 
     def _indicator(self, st, by_name: dict[str, torch.fx.Node]) -> torch.fx.Node:
         """Block 0's self-attention query input: per token, it changes exactly when that token's latent or
-        timestep does, so the per-token step distance is measured on it (the prologue recomputes it)."""
+        timestep does, so the per-token step distance is measured on it (the prologue recomputes it). With joint
+        attention concatenated in the block, the grid's part of that input."""
         site0 = next(a for a in st.self_attention if a.block == 0)
         indicator = by_name[site0.query_input]
+        if st.grid.joint == "attention":  # the sequence concatenates other tokens in the block: its grid part
+            indicator = by_name[st.grid.grid_value]
         if TOKEN_DIMS not in indicator.meta or indicator.meta[TOKEN_DIMS] != (1,):
             self.fail("block 0's self-attention input is not a [B, tokens, D] value", indicator)
         return indicator

@@ -20,7 +20,7 @@ from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import example_int, is_symbolic, same_size, size_str
 from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
 
-from mcgraph.passes.token_grid import find_grid, plain_shape
+from mcgraph.passes.token_grid import find_grid, find_joint, plain_shape
 
 
 class TokenAxisAnalysis(GraphPass):
@@ -62,8 +62,8 @@ class TokenAxisAnalysis(GraphPass):
             else:
                 group[1].append(n)
         if len(groups) == 1:
-            return groups[0][0]
-        gridded = [g for g in groups if find_grid(gm, g[0]) is not None]
+            return _video_length(gm, groups[0][0], groups[0][1]) or groups[0][0]
+        gridded = [g for g in groups if _video_length(gm, g[0], g[1]) is not None]
         if len(gridded) != 1:
             lengths = "; ".join(f"{size_str(length)} at {sites[0].name!r}" for length, sites in groups)
             which, culprit = ("none", groups[1]) if not gridded else ("more than one", gridded[1])
@@ -75,4 +75,14 @@ class TokenAxisAnalysis(GraphPass):
             if group is not chosen:
                 for n in group[1]:
                     n.meta[ATTENTION].kind = "other"  # self-attention over another sequence: not the cached stack
-        return chosen[0]
+        return _video_length(gm, chosen[0], chosen[1])
+
+
+def _video_length(gm, length, sites):
+    """The residual stream's token count when self-attention over `length` tokens is the video's: `length` for a
+    grid or a sequence concatenated before the blocks (text, registers), the grid's own when each block
+    concatenates other tokens with it (joint attention); None when the sequence holds no grid."""
+    if find_grid(gm, length) is not None:
+        return length
+    joint = find_joint(gm, length, sites)
+    return None if joint is None else joint.grid_size if joint.per_block else length

@@ -14,9 +14,11 @@ With the symbolic capture every equality is proved on size expressions, so no si
 Requires: token_axis. Guarantees: `structure.grid` holds the symbolic and example grid, the patch size (the
 convolution's stride; (1, 1, 1) over pre-patchified tokens), the patch embedding node, the graph input it reads
 (the video latent), its layout, and how a call's grid is read from the call's inputs (`formulas` over
-`size_inputs`, see `TokenGrid`). When no grid has T tokens because the sequence concatenates other tokens (text,
-registers) with the video tokens, it refuses naming the concatenation: the runtime keeps per-frame state for
-grid tokens only.
+`size_inputs`, see `TokenGrid`). Other tokens (text, registers) concatenated with the grid's into the
+self-attention sequence are placed (`find_joint`): one concatenation before the blocks (the stream holds every
+row, `joint="sequence"`) or one per block (joint attention over a text and a video stream, `joint="attention"`,
+each marked `meta[JOINT]` for the token-subset rewrite); `offset` / `extra` say how many come before and after
+the grid, as formulas like the grid's. Concatenations that disagree on the grid's place are refused, named.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mcgraph.errors import PassError, StructureNotFound
 from mcgraph.compiler.graph_walk import ancestors, find_producer, is_projection, placeholders_of
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, example_int, is_op, is_symbolic, same_size, shape, size_str
-from mcgraph.compiler.structure import TOKEN_DIMS, TokenGrid, structure_of
+from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, TokenGrid, structure_of
 
 CONV_OPS = (ATEN.conv3d, ATEN.conv2d, ATEN.convolution, ATEN._convolution)
 # ops that move elements without computing: the patch embedding's output reaches the token stream through them
@@ -235,15 +237,22 @@ class TokenGridAnalysis(GraphPass):
         st = structure_of(gm)
         token_node = next(n for n in gm.graph.nodes if n.name in set(st.token_values))
         token_count = plain_shape(token_node)[token_node.meta[TOKEN_DIMS][0]]
+        sites = self_attention_sites(gm)
+        seq_len = plain_shape(sites[0].args[0])[-2] if sites else token_count
+        joint = None if same_size(seq_len, token_count) else find_joint(gm, seq_len, sites)  # in each block
         match = find_grid(gm, token_count)
+        if match is None:  # concatenated before the blocks: the stream holds the other tokens too
+            joint = find_joint(gm, token_count, sites)
+            match = find_grid(gm, joint.grid_size) if joint is not None and not joint.per_block else None
         if match is None:
             self._refuse(gm, token_count)
-        exprs = [s.node.expr if is_symbolic(s) else sympy.Integer(int(s)) for s in match.sizes]
+        around = (0, 0) if joint is None else (joint.offset, joint.extra)
+        exprs = [s.node.expr if is_symbolic(s) else sympy.Integer(int(s)) for s in (*match.sizes, *around)]
         try:
             formulas = tuple(formula(e) for e in exprs)
         except ValueError as exc:
-            self.fail(f"the token grid {[size_str(s) for s in match.sizes]} cannot be read from a call's "
-                      f"inputs: {exc}", match.embed, cls=StructureNotFound)
+            self.fail(f"the token grid {[size_str(s) for s in match.sizes]} or the tokens around it in the sequence "
+                      f"cannot be read from a call's inputs: {exc}", match.embed, cls=StructureNotFound)
         readers = {}
         for symbol in sorted(set().union(*(e.free_symbols for e in exprs)), key=str):
             readers[symbol.name] = size_reader(gm, symbol, match.latent)
@@ -255,15 +264,21 @@ class TokenGridAnalysis(GraphPass):
             frames=size_str(f), height=size_str(h), width=size_str(w),
             example=tuple(example_int(s) for s in match.sizes), patch_size=match.patch,
             patch_embed=match.embed.name, latent_input=match.latent, latent_layout=match.layout,
-            formulas=formulas, size_inputs=readers,
+            formulas=formulas[:3], size_inputs=readers, offset=formulas[3], extra=formulas[4],
         )
+        if joint is not None:
+            st.grid.joint = "attention" if joint.per_block else "sequence"
+            st.grid.concat, st.grid.grid_value = joint.concats[0].name, joint.grid_part.name
+            for cat in joint.concats if joint.per_block else ():
+                cat.meta[JOINT] = joint.grid_index  # the token-subset rewrite maps their rows to K/V rows
         if st.grid.latent_input:
             st.inputs[st.grid.latent_input] = "latent"
         return PassResult(gm, modified=False, info={"grid": st.grid.example, "patch": match.patch,
-                                                    "layout": match.layout})
+                                                    "layout": match.layout, "joint": st.grid.joint})
 
     def _refuse(self, gm, token_count):
-        """Why no grid has the token count: a concatenation of other tokens with the video grid, or no embedding."""
+        """Why no grid has the token count: other tokens concatenated with the video grid in a way not
+        supported (the concatenations disagree), or no embedding."""
         for node in gm.graph.nodes:
             parts = _concat_parts(node, token_count)
             video = [p for p in parts if find_grid(gm, plain_shape(p)[_cat_dim(node)]) is not None]
@@ -272,14 +287,84 @@ class TokenGridAnalysis(GraphPass):
             dim = _cat_dim(node)
             others = " + ".join(_describe_tokens(p, dim) for p in parts if p is not video[0])
             self.fail(f"the self-attention sequence ({size_str(token_count)} tokens) is {others} + the video "
-                      f"grid's {size_str(plain_shape(video[0])[dim])} tokens, concatenated at {node.name!r}: tokens "
-                      "outside the video grid in the cached sequence are not supported yet (the runtime keeps "
-                      "per-frame state for grid tokens only; they would have to be recomputed on every call)",
+                      f"grid's {size_str(plain_shape(video[0])[dim])} tokens, concatenated at {node.name!r}, but the "
+                      "concatenations building the attention sequences disagree on where the grid sits (or some "
+                      "attention's sequence is built elsewhere): the grid's place in the sequence is ambiguous",
                       node, cls=StructureNotFound)
         self.fail(f"no patch embedding found: no Conv3d/Conv2d output ([B, D, F, H, W], [B, D, H, W] or frames "
                   f"folded into the batch) has frames*height*width equal to the token count "
                   f"{size_str(token_count)}, and no projection reads a [B, tokens, C] input whose grid the "
                   "reshapes or the call's Python ints give", cls=StructureNotFound)
+
+
+# ------------------------------------------------------------------- other tokens in the attention sequence
+JOINT = "mcgraph.joint"  # node.meta on a per-block concatenation of the attention sequence: its grid part's index
+
+
+@dataclass
+class JointMatch:
+    """Where the grid sits in a self-attention sequence concatenated from it and other tokens (text,
+    registers): `per_block` when each block concatenates its own (joint attention over two streams), else one
+    sequence built before the blocks (the residual stream holds every row)."""
+
+    concats: list  # per block: one per self-attention, in graph order; else the one building the stream first
+    grid_index: int  # which input of the concatenation is the grid's
+    grid_part: torch.fx.Node
+    grid_size: object
+    offset: object  # tokens before the grid (int or SymInt)
+    extra: object  # tokens after it
+    per_block: bool
+
+
+def self_attention_sites(gm) -> list[torch.fx.Node]:
+    return [n for n in gm.graph.nodes if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self"]
+
+
+def _joint_candidate(gm, node, seq_len, grids: dict) -> tuple | None:
+    """(grid index, grid size, offset, extra) when `node` concatenates exactly one grid's tokens with others
+    into a sequence of `seq_len` tokens, else None."""
+    parts = _concat_parts(node, seq_len)
+    if not parts or len(parts) != len(node.args[0]):
+        return None
+    dim = _cat_dim(node)
+    sizes = [plain_shape(p)[dim] for p in parts]
+    for size in sizes:
+        if size_str(size) not in grids:
+            grids[size_str(size)] = find_grid(gm, size) is not None
+    video = [i for i, size in enumerate(sizes) if grids[size_str(size)]]
+    if len(video) != 1:
+        return None
+    i = video[0]
+    return i, sizes[i], sum(sizes[:i], 0), sum(sizes[i + 1:], 0)
+
+
+def find_joint(gm, seq_len, sites) -> JointMatch | None:
+    """The concatenation(s) of grid and non-grid tokens that build the self-attention sequences of `seq_len`
+    tokens: the nearest ones upstream of each site's query; None when there are none or they disagree."""
+    grids: dict = {}
+    found = {n: c for n in gm.graph.nodes if (c := _joint_candidate(gm, n, seq_len, grids)) is not None}
+    if not found or not sites:
+        return None
+    nearest = []
+    for site in sites:
+        seen, todo, near = set(), [site.args[0]], set()
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                if n in found:
+                    near.add(n)
+                else:
+                    todo.extend(n.all_input_nodes)
+        nearest.append(near)
+    per_block = len(sites) > 1 and all(len(near) == 1 for near in nearest) and len(set().union(*nearest)) == len(sites)
+    concats = [next(iter(near)) for near in nearest] if per_block else sorted(nearest[0], key=list(gm.graph.nodes).index)
+    if not concats or (not per_block and any(near != nearest[0] for near in nearest)):
+        return None
+    index, grid_size, offset, extra = found[concats[0]]
+    if not all(same_size(found[c][2], offset) and same_size(found[c][3], extra) for c in concats):
+        return None
+    return JointMatch(concats, index, concats[0].args[0][index], grid_size, offset, extra, per_block)
 
 
 def _cat_dim(node: torch.fx.Node) -> int:

@@ -19,16 +19,18 @@ sees a complete graph. Product: `TokenSubset` (the number of attention layers ca
 
 from __future__ import annotations
 
+import operator
+from dataclasses import dataclass
+
 import torch
 import torch.fx
-
-from dataclasses import dataclass
 
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.errors import PassError
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_symbolic, same_size
 from mcgraph.compiler.structure import ATTENTION
+from mcgraph.passes.token_grid import JOINT
 
 from mcgraph.passes.split_stack import StackSplit, arg_lookup, is_shape_assert, new_module
 
@@ -41,6 +43,26 @@ class TokenSubset:
 def _is_token_count(val, token_count) -> bool:
     """A symbolic size provably equal to the stack's token count (it becomes the subset's size)."""
     return isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count)
+
+
+def _source_concat(node, joint: dict, depth: int = 16):
+    """The per-block concatenation a K (or V) input is computed from, following first operands (projection,
+    head split, transpose, rotary update), or None."""
+    for _ in range(depth):
+        if node in joint:
+            return node
+        if not isinstance(node, torch.fx.Node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return None
+        node = node.args[0]
+    return None
+
+
+def joint_rows(index: torch.Tensor, grid: int, before: int, after: int) -> torch.Tensor:
+    """Rows of a sequence of `before` other tokens, the grid's `grid` tokens and `after` other tokens that a
+    subset of the grid's tokens (`index`, ascending) runs: every other row, and the grid's selected rows."""
+    dev = index.device
+    return torch.cat([torch.arange(before, device=dev), index + before,
+                      torch.arange(before + grid, before + grid + after, device=dev)])
 
 
 class TokenSubsetStack(GraphPass):
@@ -56,24 +78,9 @@ class TokenSubsetStack(GraphPass):
     def config(self):
         return {"inplace_kv": self.inplace_kv}
 
-    def call(self, stack: torch.fx.GraphModule) -> PassResult:
+    def _inputs(self, g, placeholders, raw, stream, index, token_count, env):
+        """Map every stack input to its subset form: gathered along its token dims, or as is."""
         split = self.split
-        src = list(stack.graph.nodes)
-        placeholders = [n for n in src if n.op == "placeholder"]
-        stream = next(p for p in placeholders if p.name == split.stream_input)
-        token_count = stream.meta["val"].shape[1]
-
-        g = torch.fx.Graph()
-        env: dict[torch.fx.Node, torch.fx.Node] = {}
-        raw = {}
-        for p in placeholders:
-            raw[p] = g.placeholder(p.name)
-            raw[p].meta = dict(p.meta)
-        index = g.placeholder("token_index")
-        index.meta["val"] = torch.empty(0, dtype=torch.long, device="meta")
-        caches = []
-        for i, _ in enumerate(split.self_attention):
-            caches.append((g.placeholder(f"k_cache_{i}"), g.placeholder(f"v_cache_{i}")))
 
         def gather(node, dim):
             return g.call_function(ATEN.index_select.default, (node, dim, index))
@@ -99,9 +106,58 @@ class TokenSubsetStack(GraphPass):
             else:
                 self.fail(f"input {p.name!r} carries the token axis on dims {dims} and is not an attention mask; "
                           "cannot gather it for a token subset", p)
+        return n_sel
 
+    def _joint_rows(self, g, n, env, grid_tokens, index):
+        """A concatenation of the grid's (gathered) tokens with other tokens in a block (joint attention): the
+        cache rows its subset sequence fills, `joint_rows` over the full grid size."""
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        dim = dim % n.meta["val"].dim()
+        before, after, at = 0, 0, n.meta[JOINT]
+        for i, part in enumerate(n.args[0]):
+            if i != at:
+                size = g.call_function(ATEN.sym_size.int, (env[part], dim))
+                if i < at:
+                    before = size if before == 0 else g.call_function(operator.add, (before, size))
+                else:
+                    after = size if after == 0 else g.call_function(operator.add, (after, size))
+        return g.call_function(joint_rows, (index, grid_tokens, before, after))
+
+    def _attention(self, g, n, env, cache, rows):
+        """A self-attention that writes its fresh K/V rows into the layer's cache and attends over all of it."""
+        q, k, v = (env[a] for a in n.args[:3])
+        kc, vc = cache
+        dim = n.args[1].meta["val"].dim() - 2
+        write = ATEN.index_copy_.default if self.inplace_kv else ATEN.index_copy.default
+        k_full = g.call_function(write, (kc, dim, rows, k))
+        v_full = g.call_function(write, (vc, dim, rows, v))
+        rest = tuple(torch.fx.node.map_arg(a, arg_lookup(g, env)) for a in n.args[3:])
+        kwargs = torch.fx.node.map_arg(dict(n.kwargs), arg_lookup(g, env))
+        env[n] = g.call_function(n.target, (q, k_full, v_full, *rest), kwargs)
+        env[n].meta = {k_: v_ for k_, v_ in n.meta.items() if k_ != "val"}
+        return [k_full, v_full]
+
+    def call(self, stack: torch.fx.GraphModule) -> PassResult:
+        split = self.split
+        src = list(stack.graph.nodes)
+        placeholders = [n for n in src if n.op == "placeholder"]
+        stream = next(p for p in placeholders if p.name == split.stream_input)
+        token_count = stream.meta["val"].shape[1]
+
+        g = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        raw = {}
+        for p in placeholders:
+            raw[p] = g.placeholder(p.name)
+            raw[p].meta = dict(p.meta)
+        index = g.placeholder("token_index")
+        index.meta["val"] = torch.empty(0, dtype=torch.long, device="meta")
+        caches = [(g.placeholder(f"k_cache_{i}"), g.placeholder(f"v_cache_{i}"))
+                  for i, _ in enumerate(split.self_attention)]
+        n_sel = self._inputs(g, placeholders, raw, stream, index, token_count, env)
+        grid_tokens = g.call_function(ATEN.sym_size.int, (raw[stream], 1))
+        joint: dict[torch.fx.Node, torch.fx.Node] = {}  # per-block concatenation -> the cache rows it fills
         new_caches = []
-        layer = 0
         for n in src:
             if n.op in ("placeholder", "output") or is_shape_assert(n):
                 continue
@@ -109,30 +165,23 @@ class TokenSubsetStack(GraphPass):
                 env[n] = n_sel
                 continue
             if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
-                q, k, v = (env[a] for a in n.args[:3])
-                kc, vc = caches[layer]
-                dim = n.args[1].meta["val"].dim() - 2
-                write = ATEN.index_copy_.default if self.inplace_kv else ATEN.index_copy.default
-                k_full = g.call_function(write, (kc, dim, index, k))
-                v_full = g.call_function(write, (vc, dim, index, v))
-                rest = tuple(torch.fx.node.map_arg(a, arg_lookup(g, env)) for a in n.args[3:])
-                kwargs = torch.fx.node.map_arg(dict(n.kwargs), arg_lookup(g, env))
-                env[n] = g.call_function(n.target, (q, k_full, v_full, *rest), kwargs)
-                env[n].meta = {k_: v_ for k_, v_ in n.meta.items() if k_ != "val"}
-                new_caches += [k_full, v_full]
-                layer += 1
+                cat = _source_concat(n.args[1], joint)
+                new_caches += self._attention(g, n, env, caches[len(new_caches) // 2],
+                                              index if cat is None else joint[cat])
                 continue
             for a in n.all_input_nodes:
                 if a not in env and a.op != "get_attr":
                     raise PassError(self.name, f"dropped a shape assertion that {n.name!r} depends on", n)
             env[n] = g.node_copy(n, arg_lookup(g, env))
             env[n].meta.pop("val", None)  # sizes differ on the subset; refreshed by shape propagation
+            if JOINT in n.meta:
+                joint[n] = self._joint_rows(g, n, env, grid_tokens, index)
         out = next(n for n in src if n.op == "output")
-        h_out = env[out.args[0][0]]
-        g.output((h_out, *new_caches))
+        g.output((env[out.args[0][0]], *new_caches))
         g.eliminate_dead_code()
         gm = new_module(stack, g)
         if self.example_inputs is not None:
             # K/V caches are written in place by the in-place form: run it on copies
             propagate(gm, *[t.clone() if isinstance(t, torch.Tensor) else t for t in self.example_inputs])
-        return PassResult(gm, modified=True, info={"layers": layer}, product=TokenSubset(layer))
+        layers = len(new_caches) // 2
+        return PassResult(gm, modified=True, info={"layers": layers}, product=TokenSubset(layers))

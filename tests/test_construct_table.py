@@ -28,6 +28,8 @@ import torch
 import mcgraph
 from mcgraph.config import MotionCacheConfig
 from mcgraph.errors import CaptureError, McGraphError
+from mcgraph.passes.token_subset import joint_rows
+from mcgraph.compiler.capture import bind_call
 
 from .construct_zoo import CONSTRUCTS, SUBSETTABLE, text_mask
 
@@ -80,7 +82,12 @@ def _subset_err(mc: mcgraph.OptimizedModule, kwargs: dict, fraction: int) -> flo
     h_full, *kv = graphs.stack(*stack_in)
     n = h_full.shape[1]
     index = torch.randperm(n, generator=torch.Generator().manual_seed(fraction))[: n // fraction].sort().values
-    stale = [t.clone().index_fill_(t.dim() - 2, index, 0.0) for t in kv]
+    rows = index
+    if mc.step.structure.grid.joint == "attention":  # other tokens concatenated in each block: the K/V rows
+        spec = mc.latest
+        offset, extra = mc.step.around(spec.flatten(bind_call(mc.original_module, (), kwargs)))
+        rows = joint_rows(index, n, offset, extra)
+    stale = [t.clone().index_fill_(t.dim() - 2, rows, 0.0) for t in kv]
     h_sel, *kv_new = graphs.subset_stack(*stack_in, index, *stale)
     return _max_err([h_sel, *kv_new], [h_full.index_select(1, index), *kv])
 
@@ -131,12 +138,8 @@ XFAIL = {
     # was silently wrong (rows regrouped into the wrong frames); now refused at build time by the subset-rows check
     ("cached", "per_frame_modulation"): "[token_subset] the blocks unflatten the token axis into frames (per-frame "
     "modulation): a token subset cannot run them; refused naming the unflatten",
-    ("cached", "joint_attention"): "[token_grid] refused naming the concat: the self-attention sequence is s7 "
-    "tokens from input 'context' + the video grid's tokens; non-grid tokens in the cached sequence not supported yet",
-    ("cached", "register_tokens"): "[token_grid] refused naming the concat: the sequence is 4 learned tokens "
-    "(parameter 'registers') + the video grid's tokens; non-grid tokens in the cached sequence not supported yet",
-    ("cached", "dual_single_stacks"): "[token_grid] refused naming the concat: joint text + video sequence "
-    "(s7 tokens from input 'context' + the video grid's tokens); not supported yet",
+    ("cached", "dual_single_stacks"): "[token_grid] refused naming the concat: two block stacks (dual-stream, then "
+    "single-stream over the concatenated text + video sequence); the grid's place in the sequence is ambiguous",
     ("cached", "linear_attention"): "[attention_sites] refused: the self-attention is linear attention (no softmax "
     "over keys), named with its node and source line; MotionCache caches softmax attention only",
     ("cached", "flex_attention"): "[canonical_attention] refused: flex attention (higher-order op) is not run on a "

@@ -122,3 +122,22 @@ def test_onnx_runtime_budget_matches_eager(tmp_path):
     assert (got - want).abs().max().item() <= 1e-4
     assert [r.executed for r in ort_records] == [r.executed for r in records]
     assert all(torch.equal(a.computed, b.computed) for a, b in zip(ort_records, records))
+
+
+def test_final_steps_go_before_the_rest_of_the_selection():
+    """Everything is due (threshold 0) and a quarter fits: the two frames at their final denoising step run
+    first (a final step left out would keep a stale velocity for good)."""
+    _, opt = cached(REF, MotionCacheConfig(threshold=0.0, warmup_steps=1, phase1_computes=0, token_budget=BUDGET,
+                                           final_timestep=50.0))
+    records = opt.record_decisions()
+    base = _inputs(0)
+    g = torch.Generator().manual_seed(3)
+    for t_rest, t_last in ((900.0, 900.0), (800.0, 100.0), (700.0, 40.0)):  # frames 6-7 reach t=40: final
+        t = torch.full((1, FRAMES), t_rest)
+        t[:, 6:] = t_last
+        x = base["hidden_states"] + 0.05 * torch.randn(base["hidden_states"].shape, generator=g)
+        opt(**dict(base, hidden_states=x, timesteps=t))
+    last_two = torch.zeros(TOKENS, dtype=torch.bool)
+    last_two[6 * (TOKENS // FRAMES):] = True
+    assert records[2].executed == K == int(last_two.sum())
+    assert torch.equal(records[2].computed.any(0), last_two)

@@ -69,10 +69,23 @@ class TokenGrid:
     # + * // %), and where each symbol is read: name -> (input, dim, divisor), dim None for a Python int input
     formulas: tuple
     size_inputs: dict[str, tuple[str, int | None, int]]
+    # tokens outside the grid in the self-attention sequence (text, registers): L_seq = offset + grid + extra,
+    # as formulas like `formulas` (text length may be symbolic). `joint`: "" (the sequence is the grid),
+    # "sequence" (concatenated before the blocks: the residual stream holds every row), "attention"
+    # (concatenated inside each block, `concat` in block 0: the stream holds the grid rows only)
+    offset: object = 0
+    extra: object = 0
+    joint: str = ""
+    concat: str | None = None  # the concatenation that builds the sequence (block 0's, for "attention")
+    grid_value: str | None = None  # the concatenation's grid part ("attention": block 0's indicator)
 
     def evaluate(self, sizes: dict) -> tuple:
         """(frames, height, width) of a call whose size symbols have these values (plain Python: traceable)."""
         return tuple(_evaluate(f, sizes) for f in self.formulas)
+
+    def around(self, sizes: dict) -> tuple:
+        """(offset, extra): the non-grid rows before and after the grid in a call's attention sequence."""
+        return _evaluate(self.offset, sizes), _evaluate(self.extra, sizes)
 
 
 def _evaluate(tree, sizes: dict):
@@ -124,6 +137,9 @@ class ModelStructure:
                 f"(= {g.example[0]} x {g.example[1]} x {g.example[2]}), patch {g.patch_size}, "
                 f"patch embedding {g.patch_embed!r} reading input {g.latent_input!r} ({g.latent_layout})"
             )
+            if g.joint:
+                lines.append(f"attention sequence: {g.offset} + grid + {g.extra} tokens, concatenated at "
+                             f"{g.concat!r} ({'before the blocks' if g.joint == 'sequence' else 'in each block'})")
         if self.inputs:
             lines.append("inputs: " + ", ".join(f"{k} ({v})" for k, v in self.inputs.items()))
         if self.blocks:

@@ -42,19 +42,21 @@ class StateTensor:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def token_state(step: CacheStep, batch: int, tokens: int) -> list[StateTensor]:
-    """The state tensors linear in batch x tokens, as `CacheStep.initial_state` makes them."""
+def token_state(step: CacheStep, batch: int, tokens: int, offset: int = 0, extra: int = 0) -> list[StateTensor]:
+    """The state tensors linear in batch x tokens, as `CacheStep.initial_state` makes them: per grid token, the
+    residual per stream row, K/V per attention row (`offset` + `extra` non-grid rows included)."""
     g = step.graphs
     b, n = batch, tokens
+    rows = offset + tokens + extra if step.in_stream else tokens
     acc = ACCUMULATOR_DTYPE
     out = [StateTensor("indicator", (b, n, g.indicator_dim or g.stream_dim), g.indicator_dtype or g.kv_dtype),
            StateTensor("acc", (b, n), acc), StateTensor("computes", (b, n), COUNT_DTYPE),
            StateTensor("weights", (b, n), acc),
-           StateTensor("residual", (b, n, g.stream_dim), g.stream_dtype or g.kv_dtype)]
+           StateTensor("residual", (b, rows, g.stream_dim), g.stream_dtype or g.kv_dtype)]
     if step.has_timesteps:
         out.append(StateTensor("timesteps", (b, n), acc))
     out += [StateTensor(name, (b, n), acc) for name in step.policy.extra_state]
-    out += [StateTensor(f"kv.{i}", shape, g.kv_dtype) for i, shape in enumerate(step.kv_shapes(b, n))]
+    out += [StateTensor(f"kv.{i}", shape, g.kv_dtype) for i, shape in enumerate(step.kv_shapes(b, offset + n + extra))]
     return out
 
 
@@ -64,7 +66,7 @@ def state_layout(step: CacheStep, flat: list) -> list[StateTensor]:
     batch = step.latent_input(flat).shape[0]
     watched = [StateTensor(f"watch_{name}", tuple(x.shape), x.dtype, per_token=False)
                for name, x in step.watched_inputs(flat)]
-    return token_state(step, batch, frames * per_frame) + watched
+    return token_state(step, batch, frames * per_frame, *step.around(flat)) + watched
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

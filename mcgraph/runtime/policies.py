@@ -156,6 +156,14 @@ class Decision:
     acc: torch.Tensor  # [B, L] accumulated distance including this call's step (nothing reset yet)
     computes: torch.Tensor  # [B, L] compute counts before this call
     required: torch.Tensor  # [B, L] bool: never computed or invalidated (no usable cached value): no budget defers
+    forced: torch.Tensor | None = None  # [B, L] bool: at their final denoising step (force_final_step)
+
+    def priority(self) -> torch.Tensor:
+        """[L] how a token budget ranks tokens (then by staleness): required 3+, at the final step 2, selected
+        1, the rest 0. A final step left out would leave its velocity stale for good, so it goes before the
+        ordinary selection; a required token before everything (the budget always holds them all)."""
+        p = self.update.any(0).long() + 2 * self.required.any(0).long()
+        return p if self.forced is None else p + self.forced.any(0).long()
 
     def settle(self, ran: torch.Tensor | None = None):
         """(recomputed [B, L], new acc, new computes). None: the tokens the policy chose (they all ran; extra
@@ -200,7 +208,7 @@ class Policy:
         must = warm | forced | required
         acc = acc + self.step_distance(d, computes, weights)
         update = self.select(acc >= cfg.threshold, must, computes, frames)
-        return Decision(update, acc, computes, required)
+        return Decision(update, acc, computes, required, forced)  # must (forced among it) is in update
 
     def new_weights(self, view: CallView, state: dict) -> dict:
         """State entries to replace after a call (weights and the like); none by default."""

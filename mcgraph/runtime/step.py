@@ -18,17 +18,19 @@ indicator cannot see, whose change invalidates the sample); it lives in the sess
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 
 from mcgraph.compiler.cache_build import StepGraphs
 from mcgraph.config import ReuseConfig
-from mcgraph.errors import McGraphError
+from mcgraph.errors import ConfigError, McGraphError
 from mcgraph.runtime.cost_model import SubsetCost
 from mcgraph.runtime.memory import ACCUMULATOR_DTYPE, COUNT_DTYPE, state_layout, token_state
 from mcgraph.runtime.policies import CallView, Decision, Distances, policy_for
-from mcgraph.runtime.token_count import budget_tokens, bucket_sizes, eager_index, select_tokens
+from mcgraph.passes.token_subset import joint_rows
+from mcgraph.runtime.token_count import bucket_sizes, eager_index, execute_traced, select_tokens  # noqa: F401 (re-exported)
 
 DEFAULT_GRAPH_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 
@@ -47,6 +49,15 @@ class Front:
     per_frame: int
     flat: list  # the call's flat inputs
     timesteps: torch.Tensor | None  # each token's timestep [B, L] (read once per call), None without one
+    # non-grid rows (text, registers) before and after the grid in the attention sequence; `tokens` counts the
+    # grid's only (the decision state), the stream holds all rows when they are concatenated before the blocks
+    offset: int = 0
+    extra: int = 0
+
+    @property
+    def sequence(self) -> int:
+        """Rows of the self-attention sequence (the K/V cache)."""
+        return self.offset + self.tokens + self.extra
 
 
 @dataclass
@@ -62,19 +73,6 @@ class StepResult:
 def execution_path(executed: int, tokens: int) -> str:
     """The path a call took, from how many tokens ran through the blocks: "skip", "subset" or "full"."""
     return "skip" if executed == 0 else ("full" if executed == tokens else "subset")
-
-
-def _cond(pred, true_fn, false_fn, operands):
-    """torch.cond when compiling or exporting (one graph, both branches); a plain branch when run eagerly,
-    where torch.cond would invoke dynamo on every call for nothing."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return torch.cond(pred, true_fn, false_fn, operands)
-    return true_fn(*operands) if bool(pred) else false_fn(*operands)
-
-
-def _dense(*outs):
-    # every branch must return the same layout (cond checks strides): the stack's K/V may be views
-    return tuple(t.contiguous() for t in outs)
 
 
 @dataclass
@@ -95,16 +93,33 @@ class CacheStep:
     def latent_input(self, flat) -> torch.Tensor:
         return flat[self.graphs.input_names.index(self.structure.grid.latent_input)]
 
+    def call_sizes(self, flat) -> dict:
+        """The size symbols' values in this call (latent dims, Python ints it passes, the text length)."""
+        sizes = {}
+        for symbol, (name, dim, divisor) in self.structure.grid.size_inputs.items():
+            x = flat[self.graphs.input_names.index(name)]
+            sizes[symbol] = (x if dim is None else x.shape[dim]) // divisor
+        return sizes
+
     def geometry(self, flat) -> tuple[int, int]:
         """(frames, tokens per frame) of this call: the grid's formulas over the call's sizes (latent dims, Python
         ints it passes), which hold for every shape the capture serves, whatever the latent's layout."""
-        grid = self.structure.grid
-        sizes = {}
-        for symbol, (name, dim, divisor) in grid.size_inputs.items():
-            x = flat[self.graphs.input_names.index(name)]
-            sizes[symbol] = (x if dim is None else x.shape[dim]) // divisor
-        frames, height, width = grid.evaluate(sizes)
+        frames, height, width = self.structure.grid.evaluate(self.call_sizes(flat))
         return frames, height * width
+
+    def around(self, flat) -> tuple[int, int]:
+        """(offset, extra): non-grid rows before and after the grid in this call's attention sequence."""
+        return self.structure.grid.around(self.call_sizes(flat))
+
+    @property
+    def in_stream(self) -> bool:
+        """The non-grid rows are rows of the residual stream (concatenated before the blocks): they are run on
+        every call that runs the stack, and sliced off the per-token decision state."""
+        return self.structure.grid.joint == "sequence"
+
+    def grid_rows(self, front: Front, x, dim: int = 1):
+        """The grid's rows of a value over the stream's rows."""
+        return x.narrow(dim, front.offset, front.tokens) if self.in_stream else x
 
     @property
     def has_timesteps(self) -> bool:
@@ -126,7 +141,8 @@ class CacheStep:
         return None
 
     def kv_shapes(self, batch: int, tokens: int) -> list[tuple[int, ...]]:
-        """Shapes of every layer's K and V cache for a call with `batch` samples and `tokens` tokens."""
+        """Shapes of every layer's K and V cache for a call with `batch` samples and an attention sequence of
+        `tokens` rows (non-grid rows included)."""
         g = self.graphs
         out = []
         for shape in g.kv_example_shapes:
@@ -136,9 +152,9 @@ class CacheStep:
             out.append(tuple(s))
         return out
 
-    def state_bytes(self, batch: int, tokens: int) -> int:
+    def state_bytes(self, batch: int, tokens: int, offset: int = 0, extra: int = 0) -> int:
         """Bytes of one context's per-token state (all but the watched-input copies) for a call of this size."""
-        return sum(t.nbytes for t in token_state(self, batch, tokens))
+        return sum(t.nbytes for t in token_state(self, batch, tokens, offset, extra))
 
     def state_bytes_for(self, flat) -> int:
         """Bytes of one context's state for a call with these inputs, every tensor `initial_state` makes
@@ -152,12 +168,16 @@ class CacheStep:
         pro = g.run("prologue", *flat)
         values = dict(zip(g.boundary, pro[:-1]))
         h0 = values[g.stream_input]
-        batch, tokens, _ = h0.shape
+        batch, rows, _ = h0.shape
         frames, per_frame = self.geometry(flat)
-        if frames * per_frame != tokens:
-            raise McGraphError(f"token grid {frames}x{per_frame} does not match {tokens} tokens")
-        return Front(values, pro[-1], [values[n] for n in g.stack_inputs], h0, batch, tokens, frames, per_frame,
-                     list(flat), self.token_timesteps(flat, batch, frames, per_frame))
+        offset, extra = self.around(flat)
+        tokens = frames * per_frame
+        if (offset + tokens + extra if self.in_stream else tokens) != rows:
+            raise McGraphError(f"token grid {frames}x{per_frame} (+ {offset} + {extra} other rows) does not match "
+                               f"{rows} rows of the residual stream")
+        indicator = pro[-1].narrow(1, offset, tokens) if self.in_stream else pro[-1]
+        return Front(values, indicator, [values[n] for n in g.stack_inputs], h0, batch, tokens, frames, per_frame,
+                     list(flat), self.token_timesteps(flat, batch, frames, per_frame), offset, extra)
 
     def initial_state(self, front: Front) -> dict:
         """The state before a context's first call: nothing computed yet (computes 0), so that call computes
@@ -176,7 +196,8 @@ class CacheStep:
             state[name] = torch.full((b, n), fill, dtype=ACCUMULATOR_DTYPE, device=dev)
         for name, x in self.watched_inputs(front.flat):
             state[f"watch_{name}"] = torch.zeros_like(x, memory_format=torch.contiguous_format)
-        state["kv"] = [torch.zeros(s, dtype=self.graphs.kv_dtype, device=dev) for s in self.kv_shapes(b, n)]
+        state["kv"] = [torch.zeros(s, dtype=self.graphs.kv_dtype, device=dev)
+                       for s in self.kv_shapes(b, front.sequence)]
         return state
 
     def distances(self, front: Front, state: dict) -> Distances:
@@ -237,17 +258,20 @@ class CacheStep:
                 torch.zeros(h0.shape[1], dtype=torch.bool, device=h0.device), count(0),
                 *[t.clone() if copy else t for t in kv])
 
-    def _full(self, stack_in, h0, count):
+    def _full(self, stack_in, h0, count, tokens: int):
         h_l, *kv_new = self.graphs.run("stack", *stack_in)
-        return (h_l, h_l - h0, torch.ones(h0.shape[1], dtype=torch.bool, device=h0.device), count(h0.shape[1]),
-                *kv_new)
+        return (h_l, h_l - h0, torch.ones(h0.shape[1], dtype=torch.bool, device=h0.device), count(tokens), *kv_new)
 
-    def _subset(self, index, stack_in, h0, res, kv, count, inplace: bool):
+    def _subset(self, index, front: Front, stack_in, h0, res, kv, count, inplace: bool):
+        """The grid tokens `index` (ascending), with every non-grid row of the stream (`in_stream`)."""
+        grid_count = index.shape[0]
+        if self.in_stream:
+            index = joint_rows(index, front.tokens, front.offset, front.extra)
         stack = "subset_stack" if inplace else "subset_stack_functional"
         h_sel, *kv_new = self.graphs.run(stack, *stack_in, index, *kv)
         residual = res.index_copy(1, index, h_sel - h0.index_select(1, index))
         fresh = torch.zeros(h0.shape[1], dtype=torch.bool, device=h0.device).index_fill(0, index, True)
-        return (h0 + residual, residual, fresh, count(index.shape[0]), *kv_new)
+        return (h0 + residual, residual, fresh, count(grid_count), *kv_new)
 
     def execute_eager(self, decision: Decision, front: Front, state: dict, first_call: bool):
         """(h_L, residual, fresh rows, executed, *kv) with Python picking the path."""
@@ -258,72 +282,21 @@ class CacheStep:
             return n
 
         if index is None or index.numel() == tokens:
-            return self._full(front.stack_in, front.h0, count)
-        if index.numel() == 0:
+            return self._full(front.stack_in, front.h0, count, tokens)
+        if index.numel() == 0 and not self.always_run(front):
             return self._skip(front.h0, state["residual"], state["kv"], count, copy=False)
-        return self._subset(index, front.stack_in, front.h0, state["residual"], state["kv"], count, inplace=True)
+        return self._subset(index, front, front.stack_in, front.h0, state["residual"], state["kv"], count,
+                            inplace=True)
+
+    def always_run(self, front: Front) -> bool:
+        """Rows run on every call, whatever the selection: the stream's non-grid rows (their inputs, text or
+        registers, may change, and they cost little next to the video)."""
+        return self.in_stream and (front.offset + front.extra) > 0
 
     def execute_traced(self, decision: Decision, front: Front, state: dict, buckets):
-        """The same branches as `execute_eager`, chosen by a balanced `torch.cond` tree over static buckets;
-        with a token budget, two branches: the budget, or the full stack when the required tokens exceed it."""
-        tokens = front.tokens
-        selected, acc = decision.update.any(0), decision.acc
-        budget = budget_tokens(self.config.token_budget, tokens)
-        if budget is not None:
-            required = decision.required.any(0)
-            selected = selected.long() + required.long()  # the priority select_tokens ranks by
-        kv = list(state["kv"])
-        n_kv = len(kv)
-        # cond operands must be tensors; non-tensor stack inputs (static sizes) are closed over
-        tensor_slots = [i for i, v in enumerate(front.stack_in) if isinstance(v, torch.Tensor)]
-        sizes = [k for k in bucket_sizes(buckets, tokens) if k < tokens] if budget is None else []
-        # branch 0 skips (nothing selected), branch i runs the i-th bucket, the last one the full stack;
-        # a budget: branch 0 runs the budget, branch 1 the full stack
-        if budget is None:
-            need = selected.sum()
-            branch = (need > 0).long() + sum((need > k).long() for k in sizes)
-        else:
-            branch = (required.sum() > budget).long()
-        operands = (branch, selected, acc, front.h0, state["residual"], *kv,
-                    *[front.stack_in[i] for i in tensor_slots])
-
-        def unpack(ops):
-            stack_in = list(front.stack_in)
-            for slot, value in zip(tensor_slots, ops[5 + n_kv:]):
-                stack_in[slot] = value
-            return ops[1], ops[2], ops[3], ops[4], list(ops[5:5 + n_kv]), stack_in
-
-        def count_like(sel):
-            return lambda n: torch.full((), n, dtype=torch.int64, device=sel.device)
-
-        def skip(*ops):
-            sel, _, h0, res, kv_, _ = unpack(ops)
-            return _dense(*self._skip(h0, res, kv_, count_like(sel), copy=True))
-
-        def full(*ops):
-            sel, _, h0, _, _, stack_in = unpack(ops)
-            return _dense(*self._full(stack_in, h0, count_like(sel)))
-
-        def subset(k):
-            def run(*ops):
-                sel, acc_, h0, res, kv_, stack_in = unpack(ops)
-                return _dense(*self._subset(select_tokens(sel, acc_, k), stack_in, h0, res, kv_, count_like(sel),
-                                            inplace=False))
-            return run
-
-        branches = [skip, *[subset(k) for k in sizes], full] if budget is None else (
-            [subset(budget), full] if budget < tokens else [full])
-
-        def tree(lo, hi):
-            # export retraces nested branches once per enclosing level: depth (log2 of the branch count),
-            # not the number of buckets, sets its cost
-            if lo == hi:
-                return branches[lo]
-            mid = (lo + hi) // 2
-            left, right = tree(lo, mid), tree(mid + 1, hi)
-            return lambda *ops: _cond(ops[0] <= mid, left, right, ops)
-
-        return tree(0, len(branches) - 1)(*operands)
+        """The same branches as `execute_eager`, chosen by a balanced `torch.cond` tree over static buckets
+        (`token_count.execute_traced`)."""
+        return execute_traced(self, decision, front, state, buckets)
 
     def finish(self, flat, front: Front, state: dict, acc, computes, h_l, residual, kv, fresh, outputs) -> dict:
         """The new state after a call: the updated accumulators and what the policy keeps (motion weights)."""
@@ -331,7 +304,8 @@ class CacheStep:
         new_state.update(indicator=front.indicator, acc=acc, computes=computes, residual=residual)
         if front.timesteps is not None:
             new_state["timesteps"] = front.timesteps
-        view = CallView(h_l=h_l, residual=residual, old_residual=state["residual"], fresh=fresh,
+        grid = functools.partial(self.grid_rows, front)
+        view = CallView(h_l=grid(h_l), residual=grid(residual), old_residual=grid(state["residual"]), fresh=fresh,
                         computes_before=state["computes"], frames=front.frames,
                         latent=lambda: self.latent_input(flat), velocity=lambda: outputs[0],
                         frame_timesteps=lambda: self.token_timesteps(flat, front.batch, front.frames, 1),
@@ -365,6 +339,7 @@ class CacheStep:
             h_l, residual, fresh, executed, *kv = self.execute_traced(decision, front, state, buckets)
         else:
             h_l, residual, fresh, executed, *kv = self.execute_eager(decision, front, state, first_call)
+        fresh = self.grid_rows(front, fresh, 0)
         update, acc, computes = decision.settle(fresh if self.config.token_budget is not None else None)
         outputs = self.graphs.run("epilogue", h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
         new_state = self.finish(flat, front, state, acc, computes, h_l, residual, kv, fresh, outputs)
@@ -372,6 +347,9 @@ class CacheStep:
 
     def _oracle_call(self, flat, front: Front, state: dict) -> StepResult:
         """The oracle control: full stack, then refresh only the tokens the policy picks by true change."""
+        if self.in_stream:
+            raise ConfigError(f"{type(self.config).__name__} does not support non-grid rows (text, registers) in "
+                              "the residual stream")
         h_full, *kv = self.graphs.run("stack", *front.stack_in)
         true_residual = h_full - front.h0
         old = state["residual"]

@@ -5,7 +5,7 @@ Guarantees: one rule per mode, shared by the eager step (`eager_index`) and the 
 `budget_tokens`, `select_tokens` inside its `cond` branches), so both pick the same tokens:
 - exact: the selected tokens, or all of them where the measured subset cost says the full stack is cheaper;
 - capacity buckets: the smallest bucket holding the selection, topped up with the stalest tokens;
-- token budget: exactly the budget, required > selected > stalest; the full stack only when the required
+- token budget: exactly the budget, required > final step > selected > stalest; the full stack only when the required
   tokens (never computed, invalidated) exceed it.
 """
 
@@ -51,7 +51,7 @@ def eager_index(decision: Decision, tokens: int, config: ReuseConfig, cost: Subs
     if budget is not None:
         required = decision.required.any(0)
         if budget < tokens and int(required.sum()) <= budget:
-            return select_tokens(selected.long() + required.long(), acc, budget)
+            return select_tokens(decision.priority(), acc, budget)
         return None
     need = int(selected.sum())
     buckets = config.capacity_buckets
@@ -63,3 +63,82 @@ def eager_index(decision: Decision, tokens: int, config: ReuseConfig, cost: Subs
         return selected.nonzero().squeeze(1)
     k = next(k for k in bucket_sizes(buckets, tokens) if k >= need)
     return None if k >= tokens else select_tokens(selected, acc, k)
+
+
+def _cond(pred, true_fn, false_fn, operands):
+    """torch.cond when compiling or exporting (one graph, both branches); a plain branch when run eagerly,
+    where torch.cond would invoke dynamo on every call for nothing."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return torch.cond(pred, true_fn, false_fn, operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
+def _dense(*outs):
+    # every branch must return the same layout (cond checks strides): the stack's K/V may be views
+    return tuple(t.contiguous() for t in outs)
+
+
+def execute_traced(step, decision: Decision, front, state: dict, buckets):
+    """The traced step's execution (`CacheStep.execute_traced`): the same branches as `execute_eager`, chosen by
+    a balanced `torch.cond` tree over static buckets; with a token budget, two branches: the budget, or the full
+    stack when the required tokens exceed it. Bucket and budget sizes count grid tokens; a stream's non-grid rows
+    run with every branch but the skip, which becomes "the non-grid rows only" when there are any."""
+    tokens = front.tokens
+    selected, acc = decision.update.any(0), decision.acc
+    budget = budget_tokens(step.config.token_budget, tokens)
+    if budget is not None:
+        required = decision.required.any(0)
+        selected = decision.priority()  # what select_tokens ranks by
+    kv = list(state["kv"])
+    n_kv = len(kv)
+    # cond operands must be tensors; non-tensor stack inputs (static sizes) are closed over
+    tensor_slots = [i for i, v in enumerate(front.stack_in) if isinstance(v, torch.Tensor)]
+    sizes = [k for k in bucket_sizes(buckets, tokens) if k < tokens] if budget is None else []
+    # branch 0 skips (nothing selected), branch i runs the i-th bucket, the last one the full stack;
+    # a budget: branch 0 runs the budget, branch 1 the full stack
+    if budget is None:
+        need = selected.sum()
+        branch = (need > 0).long() + sum((need > k).long() for k in sizes)
+    else:
+        branch = (required.sum() > budget).long()
+    operands = (branch, selected, acc, front.h0, state["residual"], *kv,
+                *[front.stack_in[i] for i in tensor_slots])
+
+    def unpack(ops):
+        stack_in = list(front.stack_in)
+        for slot, value in zip(tensor_slots, ops[5 + n_kv:]):
+            stack_in[slot] = value
+        return ops[1], ops[2], ops[3], ops[4], list(ops[5:5 + n_kv]), stack_in
+
+    def count_like(sel):
+        return lambda n: torch.full((), n, dtype=torch.int64, device=sel.device)
+
+    def skip(*ops):
+        sel, _, h0, res, kv_, _ = unpack(ops)
+        return _dense(*step._skip(h0, res, kv_, count_like(sel), copy=True))
+
+    def full(*ops):
+        sel, _, h0, _, _, stack_in = unpack(ops)
+        return _dense(*step._full(stack_in, h0, count_like(sel), tokens))
+
+    def subset(k):
+        def run(*ops):
+            sel, acc_, h0, res, kv_, stack_in = unpack(ops)
+            return _dense(*step._subset(select_tokens(sel, acc_, k), front, stack_in, h0, res, kv_,
+                                        count_like(sel), inplace=False))
+        return run
+
+    skip = subset(0) if step.always_run(front) else skip  # the non-grid rows only
+    branches = [skip, *[subset(k) for k in sizes], full] if budget is None else (
+        [subset(budget), full] if budget < tokens else [full])
+
+    def tree(lo, hi):
+        # export retraces nested branches once per enclosing level: depth (log2 of the branch count),
+        # not the number of buckets, sets its cost
+        if lo == hi:
+            return branches[lo]
+        mid = (lo + hi) // 2
+        left, right = tree(lo, mid), tree(mid + 1, hi)
+        return lambda *ops: _cond(ops[0] <= mid, left, right, ops)
+
+    return tree(0, len(branches) - 1)(*operands)

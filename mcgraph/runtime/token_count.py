@@ -84,11 +84,13 @@ def execute_traced(step, decision: Decision, front, state: dict, buckets):
     stack when the required tokens exceed it. Bucket and budget sizes count grid tokens; a stream's non-grid rows
     run with every branch but the skip, which becomes "the non-grid rows only" when there are any."""
     tokens = front.tokens
-    selected, acc = decision.update.any(0), decision.acc
+    acc = decision.acc
     budget = budget_tokens(step.config.token_budget, tokens)
     if budget is not None:
         required = decision.required.any(0)
         selected = decision.priority()  # what select_tokens ranks by
+    else:
+        selected = decision.update.any(0)
     kv = list(state["kv"])
     n_kv = len(kv)
     # cond operands must be tensors; non-tensor stack inputs (static sizes) are closed over

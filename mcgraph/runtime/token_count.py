@@ -1,12 +1,12 @@
 """How many tokens a call runs through the blocks, and which: exact selections, capacity buckets, token budgets.
 
 Matches: a policy's `Decision` for one call and the caching config.
-Guarantees: one rule per mode, shared by the eager step (`eager_index`) and the traced one (`bucket_sizes`,
-`budget_tokens`, `select_tokens` inside its `cond` branches), so both pick the same tokens:
+Guarantees: one rule per mode, shared by the eager step (`eager_index`) and the traced one (`execute_traced`:
+`bucket_sizes`, `budget_tokens`, `select_tokens` inside its balanced `cond` tree), so both pick the same tokens:
 - exact: the selected tokens, or all of them where the measured subset cost says the full stack is cheaper;
 - capacity buckets: the smallest bucket holding the selection, topped up with the stalest tokens;
-- token budget: exactly the budget, required > final step > selected > stalest; the full stack only when the required
-  tokens (never computed, invalidated) exceed it.
+- token budget: exactly the budget, required > final step > selected > stalest; the full stack only when the
+  required tokens (never computed, invalidated) exceed it.
 """
 
 from __future__ import annotations

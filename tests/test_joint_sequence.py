@@ -134,3 +134,26 @@ def test_compiled_matches_eager(name):
         got = [compiled(**kw) for kw in calls]
     assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-4
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("name", JOINT)
+def test_onnx_runtime_matches_eager_with_non_grid_rows(name, tmp_path):
+    """The exported step with non-grid rows: skip and subset calls, the same paths and outputs as eager (also a
+    MotionCache without voting or minimum ratio: its unread token phase once left a dangling node)."""
+    import mcgraph.export
+
+    model, kwargs, make_call = CONSTRUCTS[name]()
+    cfg = MotionCacheConfig(threshold=0.3, warmup_steps=1, phase1_computes=0, capacity_buckets=(0.5, 1.0),
+                            chunk_frames=1, temporal_voting=False, min_update_ratio=0.0, token_distance="token")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = mcgraph.optimize(model, cfg, (), kwargs)
+        records = opt.record_decisions()
+        want = [opt(**make_call(step)) for step in range(5)]
+        info = mcgraph.export.onnx(opt, tmp_path / f"{name}.onnx", example_kwargs=kwargs)
+        session = mcgraph.export.OrtSession(info.path, threads=1)
+        ort_records = session.record_decisions()
+        got = [session(**make_call(step)) for step in range(5)]
+    assert [r.path for r in ort_records] == [r.path for r in records]
+    assert {"skip", "subset"} <= {r.path for r in records}
+    assert max((a - b).abs().max().item() for a, b in zip(got, want)) <= 1e-5

@@ -226,7 +226,10 @@ def decision_fns(model, kwargs, step, flat, seed: int) -> dict[str, Callable]:
 
     h_l = front.h0 + state["residual"]
     outputs = g.epilogue(h_l, *[front.values[n] for n in g.epilogue_inputs])
-    fresh = (torch.arange(front.tokens, device=like.device) % 4) == 0  # a quarter of the rows recomputed
+    fresh_rows = (torch.arange(front.tokens, device=like.device) % 4) == 0  # a quarter of the rows recomputed
+
+    def fresh():
+        return fresh_rows
     residual = state["residual"] * 1.01  # and this call's residual
 
     def state_update(source: str) -> Callable:  # CacheStep.finish of a step with this motion source

@@ -134,12 +134,14 @@ class Distances:
 
 @dataclass
 class CallView:
-    """What a policy may read of the call just made, to update its per-token weights."""
+    """What a policy may read of the call just made, to update its per-token weights. Values a policy may not
+    read are functions: a traced graph then holds only what the policy reads (the exported step graph refuses
+    dangling nodes)."""
 
-    h_l: torch.Tensor  # [B, L, D] the stream after the last block
-    residual: torch.Tensor  # [B, L, D] the cached residual after this call
-    old_residual: torch.Tensor  # [B, L, D] before this call
-    fresh: torch.Tensor  # [L] bool: rows recomputed this call
+    h_l: Callable[[], torch.Tensor]  # [B, L, D] the stream after the last block (grid rows)
+    residual: Callable[[], torch.Tensor]  # [B, L, D] the cached residual after this call
+    old_residual: Callable[[], torch.Tensor]  # [B, L, D] before this call
+    fresh: Callable[[], torch.Tensor]  # [L] bool: grid rows recomputed this call
     computes_before: torch.Tensor  # [B, L]
     frames: int
     latent: Callable[[], torch.Tensor]  # the latent input [B, C, F, H, W]
@@ -257,6 +259,8 @@ class MotionCachePolicy(Policy):
     def select(self, due, must, computes, frames):
         cfg = self.config
         update = due
+        if not cfg.temporal_voting and cfg.min_update_ratio <= 0:
+            return update | must  # nothing reads the phase (a traced graph keeps no unused value)
         token_phase = ~self._phase1(computes)
         if cfg.temporal_voting:
             # logical form of where(token_phase, vote, update): ONNX Runtime has no boolean Where
@@ -272,14 +276,14 @@ class MotionCachePolicy(Policy):
         cfg = self.config
         if cfg.motion_source == "residual":
             # observed instability of the rows just recomputed (and computed before): how much R moved
-            old = view.old_residual
-            change = (view.residual - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
-            observed = view.fresh[None, :] & (view.computes_before > 0)
+            old = view.old_residual()
+            change = (view.residual() - old).abs().mean(-1) / (old.abs().mean(-1) + 1e-8)
+            observed = view.fresh()[None, :] & (view.computes_before > 0)
             instability = torch.where(observed, change.float(), state["instability"])
             return {"instability": instability, "weights": self._shuffle(
                 normalise_per_frame(instability, view.frames, cfg.weight_floor), view.frames)}
         if cfg.motion_source == "hidden":
-            d = frame_differences(view.h_l.float(), view.frames, relative=True)
+            d = frame_differences(view.h_l().float(), view.frames, relative=True)
         else:
             latent = view.latent().float()
             if cfg.motion_source == "clean":

@@ -305,7 +305,8 @@ class CacheStep:
         if front.timesteps is not None:
             new_state["timesteps"] = front.timesteps
         grid = functools.partial(self.grid_rows, front)
-        view = CallView(h_l=grid(h_l), residual=grid(residual), old_residual=grid(state["residual"]), fresh=fresh,
+        view = CallView(h_l=lambda: grid(h_l), residual=lambda: grid(residual),
+                        old_residual=lambda: grid(state["residual"]), fresh=fresh,
                         computes_before=state["computes"], frames=front.frames,
                         latent=lambda: self.latent_input(flat), velocity=lambda: outputs[0],
                         frame_timesteps=lambda: self.token_timesteps(flat, front.batch, front.frames, 1),
@@ -339,8 +340,9 @@ class CacheStep:
             h_l, residual, fresh, executed, *kv = self.execute_traced(decision, front, state, buckets)
         else:
             h_l, residual, fresh, executed, *kv = self.execute_eager(decision, front, state, first_call)
-        fresh = self.grid_rows(front, fresh, 0)
-        update, acc, computes = decision.settle(fresh if self.config.token_budget is not None else None)
+        fresh_rows = fresh
+        fresh = lambda: self.grid_rows(front, fresh_rows, 0)  # noqa: E731 - read only where needed (traced)
+        update, acc, computes = decision.settle(fresh() if self.config.token_budget is not None else None)
         outputs = self.graphs.run("epilogue", h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
         new_state = self.finish(flat, front, state, acc, computes, h_l, residual, kv, fresh, outputs)
         return StepResult(list(outputs), update, executed, new_state, front.frames, front.tokens)
@@ -359,9 +361,10 @@ class CacheStep:
                                               self.final_step(flat, front, state))
         residual = torch.where(update[..., None], true_residual, old)
         h_l = front.h0 + residual
-        fresh = update.any(0)
+        fresh_rows = update.any(0)
+        fresh = lambda: fresh_rows  # noqa: E731
         computes = state["computes"] + update.to(state["computes"].dtype)
         outputs = self.graphs.run("epilogue", h_l, *[front.values[n] for n in self.graphs.epilogue_inputs])
         new_state = self.finish(flat, front, state, torch.zeros_like(state["acc"]), computes, h_l, residual, kv,
                                 fresh, outputs)
-        return StepResult(list(outputs), update, int(fresh.sum()), new_state, front.frames, front.tokens)
+        return StepResult(list(outputs), update, int(fresh_rows.sum()), new_state, front.frames, front.tokens)

@@ -130,6 +130,8 @@ class _FastBinder:
         self.has_var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
     def bind(self, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        if self.has_var_keyword:
+            return None  # the exact path keeps where **kwargs land
         if len(args) > len(self.positional):
             return None
         positional = dict(zip(self.positional, args))
@@ -138,8 +140,6 @@ class _FastBinder:
         out = {**self.defaults, **positional, **kwargs}
         if self.required and any(out[name] is inspect.Parameter.empty for name in self.required):
             return None
-        if self.has_var_keyword:
-            return None  # the exact path keeps where **kwargs land
         return out
 
 

@@ -18,7 +18,6 @@ A parameter *rebound* on the model after this (not updated in place) is not seen
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,7 @@ def _fetch_attr(root: torch.nn.Module, target: str) -> Any:
 class _Emitter:
     def __init__(self, gm: torch.fx.GraphModule):
         self.gm = gm
-        self.globals: dict[str, Any] = {"getitem": operator.getitem}
+        self.globals: dict[str, Any] = {}
         self.names: dict[torch.fx.Node, str] = {}
         self._constant_ids: dict[int, str] = {}
 

@@ -25,8 +25,8 @@ def bucket_sizes(buckets, tokens: int) -> list[int]:
 
 
 def select_tokens(priority: torch.Tensor, acc: torch.Tensor, k: int) -> torch.Tensor:
-    """The k tokens to run, ascending: by `priority` [L] (bool: selected or not; or small ints: a token budget
-    ranks required tokens above the rest of the selection), then by largest accumulated distance.
+    """The k tokens to run, ascending: by `priority` [L] (bool: selected or not; or `Decision.priority` for a token
+    budget: required > final step > selected), then by largest accumulated distance.
 
     The score is made unique (float64, a tiny index term) so that eager, compiled and ONNX Runtime top-k pick
     the same tokens: their tie-breaking rules differ. The accumulated distance is squashed into [0, 1)
@@ -55,11 +55,9 @@ def eager_index(decision: Decision, tokens: int, config: ReuseConfig, cost: Subs
         return None
     need = int(selected.sum())
     buckets = config.capacity_buckets
-    if buckets is None:
-        if config.subset_cost_model and cost is not None and need > cost.break_even * tokens:
-            return None  # measured: this many tokens cost less as the full stack
-        return selected.nonzero().squeeze(1)
-    if need == 0:
+    if buckets is None and config.subset_cost_model and cost is not None and need > cost.break_even * tokens:
+        return None  # measured: this many tokens cost less as the full stack
+    if buckets is None or need == 0:
         return selected.nonzero().squeeze(1)
     k = next(k for k in bucket_sizes(buckets, tokens) if k >= need)
     return None if k >= tokens else select_tokens(selected, acc, k)

@@ -17,18 +17,16 @@ or when what happens between two blocks is not adding side inputs.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
-from mcgraph.compiler.graph_walk import ancestors
+from mcgraph.compiler.graph_walk import ancestors, indexed_module
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_op, shape
 from mcgraph.compiler.structure import ATTENTION, BLOCK, TOKEN_DIMS, BlockInfo, structure_of
 
-_INDEXED = re.compile(r"^(.+)\.(\d+)$")
 # ops that hand the stream on unchanged in kind: casts and copies (Wan's `(x.float() + y).type_as(x)`)
 _CARRY = (ATEN.to, ATEN._to_copy, ATEN.type_as, ATEN.contiguous, ATEN.clone, ATEN.alias)
 
@@ -41,12 +39,25 @@ def _stream_like(node: torch.fx.Node) -> bool:
 
 def _carries(user: torch.fx.Node, value: torch.fx.Node) -> bool:
     """`user` hands `value` on along a residual stream: adds something to it (either operand of an add, the
-    first of a sub) or casts / copies it (its data operand, the first)."""
+    first of a sub), casts / copies it (its data operand, the first), joins it with other tokens along the
+    token axis or takes rows back out of such a join (single-stream blocks that join the video and text
+    streams for the block and split them after: every row still gets its own residual add)."""
     if is_op(user, ATEN.add):
         return value in user.args[:2]
+    if is_op(user, ATEN.cat):
+        return value in user.args[0] and _dim(user) == 1
+    if is_op(user, ATEN.slice):
+        return user.args[0] is value and _dim(user) == 1
     if is_op(user, ATEN.sub, *_CARRY):
         return bool(user.args) and user.args[0] is value
     return False
+
+
+def _dim(node: torch.fx.Node) -> int:
+    """The dim argument of a cat / slice, non-negative."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    rank = len(shape(node) or ()) or 3
+    return dim % rank
 
 
 def _residual_reach(start: torch.fx.Node, inside: set[torch.fx.Node]) -> set[torch.fx.Node]:
@@ -85,6 +96,12 @@ def _stream_path(prev_out: torch.fx.Node, next_in: torch.fx.Node,
     return path
 
 
+def _external(nodes: list[torch.fx.Node]) -> list[torch.fx.Node]:
+    """The values a block reads from outside itself (parameters aside), in first-use order."""
+    inside = set(nodes)
+    return list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in inside and a.op != "get_attr"))
+
+
 def between_blocks(prev_out: torch.fx.Node, next_in: torch.fx.Node,
                    in_blocks: set[torch.fx.Node]) -> set[torch.fx.Node]:
     """What runs between two blocks and belongs to the stack: the nodes that carry the stream from one block's
@@ -106,67 +123,74 @@ class BlockStackAnalysis(GraphPass):
             raise PassError(self.name, "requires token_axis to run first")
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        container, members = self._container(gm)
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
-        indices = sorted(members, key=lambda i: order[members[i][1][0]])  # execution order
-        in_block = {n: b for b, idx in enumerate(indices) for n in members[idx][1]}
+        stacks = self._stacks(gm, order)
+        all_blocks = {n for _, members in stacks for _, _, nodes in members for n in nodes}
+        chains: list[list[tuple]] = []  # blocks chained along one residual stream: (module, cls, nodes, in, out)
+        for container, members in stacks:
+            chain = chains[-1] if chains else None
+            for j, (idx, cls, nodes) in enumerate(members):
+                module = f"{container}.{idx}"
+                prev_out = chain[-1][4] if chain else None
+                try:
+                    stream_in, stream_out = self._stream(module, nodes, prev_out, all_blocks)
+                except StructureNotFound:
+                    if j != 0 or chain is None:
+                        raise
+                    # this stack does not continue the previous one along its stream: a chain of its own
+                    chain = None
+                    stream_in, stream_out = self._stream(module, nodes, None, all_blocks)
+                if chain is None:
+                    chain = []
+                    chains.append(chain)
+                elif prev_out is not None:
+                    self._check_between(chain[-1][0], module, prev_out, stream_in, all_blocks, order)
+                chain.append((module, cls, nodes, stream_in, stream_out))
+        # the longest chain is the cached stack (the last of equal length: its stream is what the head reads);
+        # the blocks of other chains run in the prologue
+        chosen = max(reversed(chains), key=len)
+        in_block = {n: b for b, link in enumerate(chosen) for n in link[2]}
         for node in gm.graph.nodes:
             if node in in_block:
                 node.meta[BLOCK] = in_block[node]
             else:
                 node.meta.pop(BLOCK, None)
-        all_blocks = set(in_block)
-        blocks: list[BlockInfo] = []
-        prev_out = None
-        for b, idx in enumerate(indices):
-            cls, nodes = members[idx]
-            module = f"{container}.{idx}"
-            inside = set(nodes)
-            external = []
-            for n in nodes:
-                for a in n.all_input_nodes:
-                    if a not in inside and a not in external and a.op != "get_attr":
-                        external.append(a)
-            stream_in, stream_out = self._stream(module, nodes, external, prev_out, all_blocks)
-            if prev_out is not None:
-                self._check_between(blocks[-1].module, module, prev_out, stream_in, all_blocks, order)
-            blocks.append(BlockInfo(index=b, module=module, module_class=cls,
-                                    stream_input=stream_in.name, stream_output=stream_out.name,
-                                    nodes=[n.name for n in nodes], external_inputs=[a.name for a in external]))
-            prev_out = stream_out
+        blocks = [BlockInfo(index=b, module=module, module_class=cls, stream_input=stream_in.name,
+                            stream_output=stream_out.name, nodes=[n.name for n in nodes],
+                            external_inputs=[a.name for a in _external(nodes)])
+                  for b, (module, cls, nodes, stream_in, stream_out) in enumerate(chosen)]
         st = structure_of(gm)
         st.blocks = blocks
         for site in st.attention:
             site.block = next((bl.index for bl in blocks if site.node in set(bl.nodes)), None)
-        return PassResult(gm, modified=False, info={"blocks": len(blocks), "container": container})
+        containers = list(dict.fromkeys(link[0].rsplit(".", 1)[0] for link in chosen))
+        return PassResult(gm, modified=False, info={"blocks": len(blocks), "container": ", ".join(containers)})
 
-    def _container(self, gm: torch.fx.GraphModule) -> tuple[str, dict[int, tuple[str, list[torch.fx.Node]]]]:
-        """The module list whose members are the blocks: index -> (class, nodes in graph order)."""
+    def _stacks(self, gm: torch.fx.GraphModule, order: dict) -> list[tuple[str, list[tuple[int, str, list]]]]:
+        """The module lists whose members are blocks (each member contains self-attention over the token
+        sequence), in execution order: (container, [(index, class, nodes in graph order)] by execution)."""
         found: dict[str, dict[int, tuple[str, list[torch.fx.Node]]]] = defaultdict(dict)
         for node in gm.graph.nodes:
-            for path, cls in (node.meta.get("nn_module_stack") or {}).values():
-                m = _INDEXED.match(str(path))
-                if m:
-                    container, idx = m.group(1), int(m.group(2))
-                    entry = found[container].setdefault(idx, (str(cls), []))
-                    entry[1].append(node)
-                    break  # outermost indexed module wins: blocks, not sub-layers inside a block
-        candidates = []
+            where = indexed_module(node)
+            if where is not None:
+                container, idx, cls = where
+                found[container].setdefault(idx, (cls, []))[1].append(node)
+        stacks = []
         for container, members in found.items():
-            classes = {cls for cls, _ in members.values()}
             with_attn = [i for i, (_, nodes) in members.items()
                          if any(ATTENTION in n.meta and n.meta[ATTENTION].kind == "self" for n in nodes)]
-            if len(members) >= 2 and len(classes) == 1 and len(with_attn) == len(members):
-                candidates.append((len(members), container))
-        if not candidates:
-            self.fail("no repeated transformer blocks found: expected >= 2 submodules '<name>.<i>' of one class, "
-                      "each containing self-attention (found module lists: "
+            if with_attn and len(with_attn) == len(members):
+                ordered = sorted(members, key=lambda i: order[members[i][1][0]])
+                stacks.append((container, [(i, *members[i]) for i in ordered]))
+        stacks.sort(key=lambda stack: order[stack[1][0][2][0]])
+        if sum(len(members) for _, members in stacks) < 2:
+            self.fail("no repeated transformer blocks found: expected >= 2 submodules '<name>.<i>' (one module list "
+                      "or several run one after another), each containing self-attention (found module lists: "
                       f"{sorted(found)[:5] or 'none'})", cls=StructureNotFound)
-        _, container = max(candidates)
-        return container, found[container]
+        return stacks
 
-    def _stream(self, module: str, nodes: list[torch.fx.Node], external: list[torch.fx.Node],
-                prev_out: torch.fx.Node | None, all_blocks: set[torch.fx.Node]) -> tuple[torch.fx.Node, torch.fx.Node]:
+    def _stream(self, module: str, nodes: list[torch.fx.Node], prev_out: torch.fx.Node | None,
+                all_blocks: set[torch.fx.Node]) -> tuple[torch.fx.Node, torch.fx.Node]:
         """(stream input, stream output) of one block: the [B, tokens, D] input that its residual adds carry
         to the [B, tokens, D] value it hands on. After the first block the input must come from the previous
         block's output (itself, or with side inputs added between the blocks)."""
@@ -176,7 +200,7 @@ class BlockStackAnalysis(GraphPass):
             self.fail(f"block {module} should hand exactly one [B, tokens, D] value on along the residual stream, "
                       f"found {[n.name for n in handed_on]}", nodes[-1], cls=StructureNotFound)
         out = handed_on[0]
-        readers = [a for a in external if _stream_like(a)]
+        readers = [a for a in _external(nodes) if _stream_like(a)]
         if prev_out is not None:
             # the block's inputs the previous block's output flows into (itself, or via adds outside the blocks)
             readers = [a for a in readers if a is prev_out or _stream_path(prev_out, a, all_blocks)]

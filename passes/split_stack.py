@@ -186,6 +186,21 @@ def _mask_inputs(sdpas: list[torch.fx.Node], stack: set[torch.fx.Node]) -> set[s
     return masks
 
 
+def _per_token(node: torch.fx.Node) -> bool:
+    """A [B, tokens, D] value."""
+    return node.meta.get(TOKEN_DIMS) == (1,) and len(node.meta["val"].shape) == 3
+
+
+def _per_token_source(node: torch.fx.Node, depth: int = 8) -> torch.fx.Node:
+    """`node`, or the [B, tokens, D] value it is computed from along first operands: a grid part joined after
+    the head split ([B, heads, tokens, d], MMDiT) comes from the projection of the block's per-token input."""
+    for _ in range(depth):
+        if _per_token(node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return node
+        node = node.args[0]
+    return node
+
+
 class SplitStack(GraphPass):
     name = "split_stack"
 
@@ -269,7 +284,7 @@ class SplitStack(GraphPass):
         site0 = next(a for a in st.self_attention if a.block == 0)
         indicator = by_name[site0.query_input]
         if st.grid.joint == "attention":  # the sequence concatenates other tokens in the block: its grid part
-            indicator = by_name[st.grid.grid_value]
-        if TOKEN_DIMS not in indicator.meta or indicator.meta[TOKEN_DIMS] != (1,):
+            indicator = _per_token_source(by_name[st.grid.grid_value])
+        if not _per_token(indicator):
             self.fail("block 0's self-attention input is not a [B, tokens, D] value", indicator)
         return indicator

@@ -16,11 +16,13 @@ from __future__ import annotations
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
+from mcgraph.compiler.graph_walk import indexed_module
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import example_int, is_symbolic, same_size, size_str
 from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
 
-from mcgraph.passes.token_grid import find_grid, find_joint, plain_shape
+from mcgraph.passes.grid_match import find_grid, plain_shape
+from mcgraph.passes.token_grid import find_joint
 
 
 class TokenAxisAnalysis(GraphPass):
@@ -61,21 +63,41 @@ class TokenAxisAnalysis(GraphPass):
                 groups.append((length, [n]))
             else:
                 group[1].append(n)
-        if len(groups) == 1:
-            return _video_length(gm, groups[0][0], groups[0][1]) or groups[0][0]
-        gridded = [g for g in groups if _video_length(gm, g[0], g[1]) is not None]
+        resolved = [_resolve(gm, length, sites) for length, sites in groups]
+        gridded = [i for i, (count, _) in enumerate(resolved) if count is not None]
+        if len(groups) == 1 and not gridded:
+            return groups[0][0]  # no grid at all: token_grid refuses it, naming what it found
         if len(gridded) != 1:
             lengths = "; ".join(f"{size_str(length)} at {sites[0].name!r}" for length, sites in groups)
-            which, culprit = ("none", groups[1]) if not gridded else ("more than one", gridded[1])
+            which, culprit = ("none", groups[1]) if not gridded else ("more than one", groups[gridded[1]])
             self.fail(f"self-attention sites disagree on the token count ({lengths}) and {which} of these lengths "
                       "is a video token grid's, so the cached token stream is ambiguous", culprit[1][0],
                       cls=StructureNotFound)
-        chosen = gridded[0]
-        for group in groups:
-            if group is not chosen:
-                for n in group[1]:
-                    n.meta[ATTENTION].kind = "other"  # self-attention over another sequence: not the cached stack
-        return _video_length(gm, chosen[0], chosen[1])
+        count, cached = resolved[gridded[0]]
+        for n in selfs:
+            if n not in cached:
+                n.meta[ATTENTION].kind = "other"  # another sequence, or an earlier stack: runs before the cached one
+        return count
+
+
+def _resolve(gm, length, sites) -> tuple[object, list]:
+    """(token count, the self-attention sites of the cached stack) for the sites over `length` tokens; the
+    count is None when their sequence holds no grid. When the sites of several block stacks do not place the
+    grid alike (dual-stream blocks concatenating text per block, then single-stream blocks over one sequence
+    concatenated between the stacks), the last stack that places it alone is the cached one: its stream is
+    what the head reads, and the earlier stacks run in full before it, like any other prologue work."""
+    count = _video_length(gm, length, sites)
+    if count is not None:
+        return count, sites
+    stacks: dict[str, list] = {}
+    for n in sites:
+        where = indexed_module(n)
+        stacks.setdefault(where[0] if where else "", []).append(n)
+    for stack_sites in reversed(list(stacks.values())) if len(stacks) > 1 else ():
+        count = _video_length(gm, length, stack_sites)
+        if count is not None:
+            return count, stack_sites
+    return None, sites
 
 
 def _video_length(gm, length, sites):

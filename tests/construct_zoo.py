@@ -156,20 +156,39 @@ class JointBlock(Block):
 
 
 class DualBlock(Block):
-    """Dual-stream (Flux / SD3 double block): each stream its own projections, one softmax over both."""
+    """Dual-stream (Flux / SD3 / HunyuanVideo double block): each stream its own projections, one softmax over
+    both, joined after the head split; `video_first` puts the video rows before the text (HunyuanVideo)."""
 
-    def __init__(self):
+    def __init__(self, video_first=False):
         super().__init__(cross=False)
+        self.video_first = video_first
         self.tattn, self.tffn = Attn(), nn.Sequential(nn.Linear(D, FFN), nn.GELU(), nn.Linear(FFN, D))
 
     def forward(self, x, mod, txt=None, mask=None):
         s1, c1, g1, s2, c2, g2 = self.mods(mod)
         at, av, n = self.tattn, self.attn, txt.shape[1]
         pairs = ((norm(txt), at), (norm(x) * (1 + c1) + s1, av))
+        pairs = pairs[::-1] if self.video_first else pairs
         q, k, v = (torch.cat([a.heads(getattr(a, p)(s)) for s, a in pairs], 2) for p in "qkv")
         o = sdpa(q, k, v).transpose(1, 2).flatten(2)
-        txt, x = txt + at.o(o[:, :n]), x + av.o(o[:, n:]) * g1
+        ot, ov = (o[:, -n:], o[:, :-n]) if self.video_first else (o[:, :n], o[:, n:])
+        txt, x = txt + at.o(ot), x + av.o(ov) * g1
         return x + self.mlp(norm(x) * (1 + c2) + s2) * g2, txt + self.tffn(norm(txt))
+
+
+class JoinedSingleBlock(Block):
+    """HunyuanVideo-style single-stream block: joins the video and text streams into one sequence inside the
+    block (video first), runs attention and MLP in parallel on it, and splits the streams back."""
+
+    def __init__(self):
+        super().__init__(cross=False)
+
+    def forward(self, x, mod, txt=None, mask=None):
+        n = txt.shape[1]
+        seq = torch.cat([x, txt], 1)
+        s1, c1, g1, s2, c2, g2 = self.mods(torch.cat([mod, mod.new_zeros(mod.shape[0], n, *mod.shape[2:])], 1))
+        seq = seq + self.attn(norm(seq) * (1 + c1) + s1) * g1 + self.mlp(norm(seq) * (1 + c2) + s2) * g2
+        return seq[:, :-n], seq[:, -n:]
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -291,6 +310,20 @@ class DualSingleDiT(ZooDiT):
         return seq[:, n:]
 
 
+class ChainedStacksDiT(ZooDiT):
+    """HunyuanVideo's layout: dual-stream blocks, then single-stream blocks that join the two streams per block;
+    the video stream runs through both module lists."""
+
+    def __init__(self):
+        super().__init__(blocks=[DualBlock(video_first=True) for _ in range(2)])
+        self.single = nn.ModuleList(JoinedSingleBlock() for _ in range(2))
+
+    def stack(self, x, mod, ctx, grid):
+        for blk in (*self.blocks, *self.single):
+            x, ctx = blk(x, mod, ctx)
+        return x
+
+
 class RefinerDiT(ZooDiT):
     def __init__(self):
         super().__init__()
@@ -378,6 +411,7 @@ CONSTRUCTS = {
     "conv2d_frames": lambda: _build(Conv2dDiT),
     "control_hints": lambda: _build(ControlDiT, _inputs(control=torch.randn(B, C, 4, 8, 10))),
     "dual_single_stacks": lambda: _build(DualSingleDiT),
+    "chained_stacks": lambda: _build(ChainedStacksDiT),
     "text_refiner": lambda: _build(RefinerDiT),
     "manual_attention": lambda: _build(lambda: ZooDiT([Block(Attn(manual)) for _ in "ab"])),
     "multihead_attention": lambda: _build(lambda: ZooDiT([Block(MHA()) for _ in "ab"])),

@@ -138,8 +138,6 @@ XFAIL = {
     # was silently wrong (rows regrouped into the wrong frames); now refused at build time by the subset-rows check
     ("cached", "per_frame_modulation"): "[token_subset] the blocks unflatten the token axis into frames (per-frame "
     "modulation): a token subset cannot run them; refused naming the unflatten",
-    ("cached", "dual_single_stacks"): "[token_grid] refused naming the concat: two block stacks (dual-stream, then "
-    "single-stream over the concatenated text + video sequence); the grid's place in the sequence is ambiguous",
     ("cached", "linear_attention"): "[attention_sites] refused: the self-attention is linear attention (no softmax "
     "over keys), named with its node and source line; MotionCache caches softmax attention only",
     ("cached", "flex_attention"): "[canonical_attention] refused: flex attention (higher-order op) is not run on a "

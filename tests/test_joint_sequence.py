@@ -18,7 +18,7 @@ from mcgraph.config import MotionCacheConfig
 
 from .construct_zoo import CONSTRUCTS, GRID, REGISTERS
 
-JOINT = ("joint_attention", "register_tokens")
+JOINT = ("joint_attention", "register_tokens", "chained_stacks")
 GRID_TOKENS = GRID[0] * GRID[1] * GRID[2]
 PER_FRAME = GRID[1] * GRID[2]
 # every token that changes is due at once; no warm-up, voting or minimum update in the way of a clean subset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -67,3 +68,17 @@ def ancestors(nodes: Iterable[torch.fx.Node], data_only: bool = False) -> set[to
 
 def placeholders_of(node: torch.fx.Node, data_only: bool = False) -> set[str]:
     return {n.name for n in ancestors([node], data_only) if n.op == "placeholder"}
+
+
+_INDEXED = re.compile(r"^(.+)\.(\d+)$")
+
+
+def indexed_module(node: torch.fx.Node) -> tuple[str, int, str] | None:
+    """(container, index, class) of the outermost module `<container>.<i>` (a member of an nn.ModuleList or
+    nn.Sequential) the node was traced in, by export's `nn_module_stack`; None outside every such module.
+    Outermost, so a block is found rather than a sub-layer inside it."""
+    for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+        m = _INDEXED.match(str(path))
+        if m:
+            return m.group(1), int(m.group(2)), str(cls)
+    return None

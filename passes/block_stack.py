@@ -127,25 +127,25 @@ class BlockStackAnalysis(GraphPass):
         stacks = self._stacks(gm, order)
         all_blocks = {n for _, members in stacks for _, _, nodes in members for n in nodes}
         chains: list[list[tuple]] = []  # blocks chained along one residual stream: (module, cls, nodes, in, out)
+        refused: list[tuple[int, StructureNotFound]] = []  # module lists whose blocks are not a residual stack
         for container, members in stacks:
-            chain = chains[-1] if chains else None
-            for j, (idx, cls, nodes) in enumerate(members):
-                module = f"{container}.{idx}"
-                prev_out = chain[-1][4] if chain else None
-                try:
-                    stream_in, stream_out = self._stream(module, nodes, prev_out, all_blocks)
-                except StructureNotFound:
-                    if j != 0 or chain is None:
-                        raise
-                    # this stack does not continue the previous one along its stream: a chain of its own
-                    chain = None
-                    stream_in, stream_out = self._stream(module, nodes, None, all_blocks)
-                if chain is None:
-                    chain = []
-                    chains.append(chain)
-                elif prev_out is not None:
-                    self._check_between(chain[-1][0], module, prev_out, stream_in, all_blocks, order)
-                chain.append((module, cls, nodes, stream_in, stream_out))
+            previous = chains[-1] if chains else None
+            try:
+                links = self._links(container, members, previous, all_blocks, order)
+                if links is None:  # does not continue the previous chain's stream: a chain of its own
+                    previous, links = None, self._links(container, members, None, all_blocks, order)
+            except StructureNotFound as exc:
+                refused.append((len(members), exc))
+                continue
+            if previous is None:
+                chains.append(links)
+            else:
+                previous.extend(links)
+        longest = max((len(chain) for chain in chains), default=0)
+        if refused and max(n for n, _ in refused) > longest:
+            # the largest module list is not a residual stack: refuse with its reason rather than cache a
+            # smaller one (a VACE-style hint stack beside the main blocks is smaller and just left out)
+            raise max(refused, key=lambda r: r[0])[1]
         # the longest chain is the cached stack (the last of equal length: its stream is what the head reads);
         # the blocks of other chains run in the prologue
         chosen = max(reversed(chains), key=len)
@@ -165,6 +165,25 @@ class BlockStackAnalysis(GraphPass):
             site.block = next((bl.index for bl in blocks if site.node in set(bl.nodes)), None)
         containers = list(dict.fromkeys(link[0].rsplit(".", 1)[0] for link in chosen))
         return PassResult(gm, modified=False, info={"blocks": len(blocks), "container": ", ".join(containers)})
+
+    def _links(self, container: str, members: list, chain: list | None, all_blocks: set, order: dict):
+        """The blocks of one module list as chain links `(module, cls, nodes, stream in, stream out)`. With a
+        `chain`, the first block must continue its stream (else None: this list starts a chain of its own)."""
+        links = []
+        for j, (idx, cls, nodes) in enumerate(members):
+            module = f"{container}.{idx}"
+            prev = links[-1] if links else chain[-1] if chain else None
+            try:
+                stream_in, stream_out = self._stream(module, nodes, prev[4] if prev else None, all_blocks)
+            except StructureNotFound:
+                if j == 0 and chain is not None:
+                    return None
+                raise
+            if prev is not None:
+                upstream = {n for link in (*(chain or ()), *links) for n in link[2]}  # this chain's blocks so far
+                self._check_between(prev[0], module, prev[4], stream_in, all_blocks, upstream, order)
+            links.append((module, cls, nodes, stream_in, stream_out))
+        return links
 
     def _stacks(self, gm: torch.fx.GraphModule, order: dict) -> list[tuple[str, list[tuple[int, str, list]]]]:
         """The module lists whose members are blocks (each member contains self-attention over the token
@@ -222,9 +241,10 @@ class BlockStackAnalysis(GraphPass):
                   f"the value it hands on ({out.name!r}) through residual adds", nodes[0], cls=StructureNotFound)
 
     def _check_between(self, prev: str, module: str, prev_out: torch.fx.Node, stream_in: torch.fx.Node,
-                       all_blocks: set[torch.fx.Node], order: dict) -> None:
+                       all_blocks: set[torch.fx.Node], upstream: set[torch.fx.Node], order: dict) -> None:
         """Between two blocks the stream may only have side inputs added to it (or be cast), and a side input
-        must not depend on any block's value: it becomes an input of the cached stack, computed before it."""
+        must not depend on a block of the stack (`upstream`): it becomes an input of the cached stack, computed
+        before it (a VACE hint stack beside the main blocks runs in the prologue)."""
         path = _stream_path(prev_out, stream_in, all_blocks)
         for n in sorted(path, key=order.__getitem__):
             stream = [a for a in n.all_input_nodes if a is prev_out or a in path]
@@ -234,7 +254,7 @@ class BlockStackAnalysis(GraphPass):
             for side in n.all_input_nodes:
                 if side in stream or side.op == "get_attr":
                     continue
-                if ancestors([side]) & all_blocks:
+                if ancestors([side]) & upstream:
                     self.fail(f"side input {side.name!r} added to the residual stream between {prev} and {module} "
                               "depends on a block's value (a skip connection?): it cannot be computed before the "
                               "block stack", side, cls=StructureNotFound)

@@ -295,6 +295,28 @@ class ControlDiT(ZooDiT):
         return self.unpatchify(x, grid)
 
 
+class HintStackDiT(ZooDiT):
+    """VACE-style: a second block stack over the control video's tokens (seeded with the video's) computes the
+    hints added to the main stream after its blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.control = nn.Conv3d(C, D, PATCH, PATCH)
+        self.hint_blocks = nn.ModuleList(Block() for _ in self.blocks)
+        self.hint_out = nn.ModuleList(nn.Linear(D, D) for _ in self.blocks)
+
+    def forward(self, latent, t, context, control):
+        x, grid = self.embed(latent)
+        mod, ctx = self.modulation(t, grid[0], grid[1] * grid[2]), self.text(context)
+        c, hints = self.control(control).flatten(2).transpose(1, 2) + x, []
+        for blk, out in zip(self.hint_blocks, self.hint_out):
+            c = blk(c, mod, ctx)
+            hints.append(out(c))
+        for blk, hint in zip(self.blocks, hints):
+            x = blk(x, mod, ctx) + hint
+        return self.unpatchify(x, grid)
+
+
 class DualSingleDiT(ZooDiT):
     def __init__(self):
         super().__init__(blocks=[DualBlock() for _ in range(2)])
@@ -410,6 +432,7 @@ CONSTRUCTS = {
     "linear_patchify": lambda: _build(TokenInputDiT, _token_inputs(), latent="tokens"),
     "conv2d_frames": lambda: _build(Conv2dDiT),
     "control_hints": lambda: _build(ControlDiT, _inputs(control=torch.randn(B, C, 4, 8, 10))),
+    "hint_stack": lambda: _build(HintStackDiT, _inputs(control=torch.randn(B, C, 4, 8, 10))),
     "dual_single_stacks": lambda: _build(DualSingleDiT),
     "chained_stacks": lambda: _build(ChainedStacksDiT),
     "text_refiner": lambda: _build(RefinerDiT),

@@ -120,3 +120,40 @@ def test_hunyuan_video_positive_threshold_reuses_and_stays_close(hunyuan):
     assert {"subset", "skip"} & {r.path for r in records}
     assert all(torch.isfinite(g).all() for g in got)
     assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 0.1 * want[-1].abs().max().item()
+
+
+def test_side_stack_of_hints_runs_in_the_prologue():
+    """VACE-style: a hint stack over the control tokens beside the main blocks; the main stack is cached and the
+    hint stack's self-attention runs before it (its hints are side inputs of the cached stack)."""
+    model, kwargs, _ = CONSTRUCTS["hint_stack"]()
+    st = mcgraph.inspect(model, (), kwargs)
+    assert [b.module for b in st.blocks] == ["blocks.0", "blocks.1"]
+    hint_sites = [a for a in st.attention if a.module.startswith("hint_blocks.") and a.kind == "self"]
+    assert len(hint_sites) == 2 and all(a.block is None for a in hint_sites)
+
+
+def test_largest_stack_not_residual_is_refused_not_replaced():
+    """When the largest module list is not a residual stack, its reason is the refusal: a smaller list beside it
+    is not cached instead."""
+    from .construct_zoo import Block, HintStackDiT, norm
+
+    class NormedBetween(HintStackDiT):
+        def __init__(self):
+            super().__init__()
+            self.blocks.append(Block())
+            self.hint_out.append(torch.nn.Linear(24, 24))
+
+        def forward(self, latent, t, context, control):
+            x, grid = self.embed(latent)
+            mod, ctx = self.modulation(t, grid[0], grid[1] * grid[2]), self.text(context)
+            c = self.control(control).flatten(2).transpose(1, 2) + x
+            for blk in self.hint_blocks:
+                c = blk(c, mod, ctx)
+            for blk in self.blocks:
+                x = norm(blk(x, mod, ctx))  # the stream normalised between blocks: not a residual stack
+            return self.unpatchify(x + c, grid)
+
+    _, kwargs, _ = CONSTRUCTS["hint_stack"]()
+    torch.manual_seed(0)
+    with pytest.raises(mcgraph.errors.StructureNotFound, match=r"between blocks\.0 and blocks\.1"):
+        mcgraph.inspect(NormedBetween().eval(), (), kwargs)

@@ -1,7 +1,9 @@
 """Rewrite: the block stack on a subset of tokens, attending over a per-layer K/V cache.
 
-Matches: the full stack graph from split_stack (its placeholders, their token dims, its self-attention calls).
-Requires: split_stack. Guarantees: a GraphModule
+Matches: the full stack graph from split_stack (its placeholders, their token dims, its self-attention calls, its
+per-frame regroupings of the token axis: `frame_groups`).
+Requires: split_stack; the stack's symbolic shape metadata (sizes equal to the token count are found by
+expression). Guarantees: a GraphModule
 
     subset_stack(stack inputs..., token_index [n], K_0, V_0, K_1, V_1, ...) -> (h_sel [B, n, D], K_0', V_0', ...)
 
@@ -10,11 +12,16 @@ stream, per-token modulation, rotary tables; attention masks on their query rows
 self-attention writes the selected rows' fresh K/V into the layer's cache (`index_copy_`, in place by
 default, or out of place with `inplace_kv=False`) and
 lets the selected queries attend over all cached rows; cross-attention and MLPs see only the subset.
+A per-frame regrouping (`y.unflatten(1, (F, -1)) * scale + shift`, flattened back: per-frame adaLN) runs with
+each selected token as a frame of one, its per-frame operands gathered by the token's frame
+(`frame_groups.FrameGather`); any other use of the token axis split into frames is copied as is, and the build's
+subset-rows check refuses it.
 Sizes equal to the token count are replaced by the subset's size, and export's shape assertions (which
 hold for the full token count) are dropped. With all tokens selected it computes what the stack computes.
 Shape metadata: sizes differ on a subset, so copied `val`s would lie; given `example_inputs` (stack inputs,
 an index, K/V caches) the pass runs the new graph once on them and records real metadata, so the verifier
-sees a complete graph. Product: `TokenSubset` (the number of attention layers cached).
+sees a complete graph. Product: `TokenSubset` (the number of attention layers cached, the frame groups
+rewritten).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from mcgraph.errors import PassError
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_symbolic, same_size
 from mcgraph.compiler.structure import ATTENTION
+from mcgraph.passes.frame_groups import FrameGather, find_frame_groups
 from mcgraph.passes.token_grid import JOINT
 
 from mcgraph.passes.split_stack import StackSplit, arg_lookup, is_shape_assert, new_module
@@ -38,6 +46,7 @@ from mcgraph.passes.split_stack import StackSplit, arg_lookup, is_shape_assert, 
 @dataclass
 class TokenSubset:
     layers: int  # self-attention layers with a K/V cache
+    frame_groups: int = 0  # per-frame regroupings run by gathering (frame_groups)
 
 
 def _is_token_count(val, token_count) -> bool:
@@ -156,6 +165,8 @@ class TokenSubsetStack(GraphPass):
                   for i, _ in enumerate(split.self_attention)]
         n_sel = self._inputs(g, placeholders, raw, stream, index, token_count, env)
         grid_tokens = g.call_function(ATEN.sym_size.int, (raw[stream], 1))
+        groups = find_frame_groups(stack, split.stream_input)
+        frames = FrameGather(groups, g, env, arg_lookup(g, env), index, grid_tokens, token_count)
         joint: dict[torch.fx.Node, torch.fx.Node] = {}  # per-block concatenation -> the cache rows it fills
         new_caches = []
         for n in src:
@@ -172,6 +183,8 @@ class TokenSubsetStack(GraphPass):
             for a in n.all_input_nodes:
                 if a not in env and a.op != "get_attr":
                     raise PassError(self.name, f"dropped a shape assertion that {n.name!r} depends on", n)
+            if frames.emit(n):  # split into frames, per-frame pointwise op or merge back: gathered by frame
+                continue
             env[n] = g.node_copy(n, arg_lookup(g, env))
             env[n].meta.pop("val", None)  # sizes differ on the subset; refreshed by shape propagation
             if JOINT in n.meta:
@@ -184,4 +197,5 @@ class TokenSubsetStack(GraphPass):
             # K/V caches are written in place by the in-place form: run it on copies
             propagate(gm, *[t.clone() if isinstance(t, torch.Tensor) else t for t in self.example_inputs])
         layers = len(new_caches) // 2
-        return PassResult(gm, modified=True, info={"layers": layers}, product=TokenSubset(layers))
+        info = {"layers": layers, "frame_groups": len(groups.groups)}
+        return PassResult(gm, modified=True, info=info, product=TokenSubset(layers, len(groups.groups)))

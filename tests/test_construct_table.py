@@ -135,9 +135,6 @@ def names_something(exc: BaseException, row: Row) -> bool:
 XFAIL = {
     ("identity", "multihead_attention"): "eager under no_grad takes nn.MultiheadAttention's fused fast path; "
     "torch.export traces the slow path (in_proj + SDPA), off while exporting: differs by ~5e-7",
-    # was silently wrong (rows regrouped into the wrong frames); now refused at build time by the subset-rows check
-    ("cached", "per_frame_modulation"): "[token_subset] the blocks unflatten the token axis into frames (per-frame "
-    "modulation): a token subset cannot run them; refused naming the unflatten",
     ("cached", "linear_attention"): "[attention_sites] refused: the self-attention is linear attention (no softmax "
     "over keys), named with its node and source line; MotionCache caches softmax attention only",
     ("cached", "flex_attention"): "[canonical_attention] refused: flex attention (higher-order op) is not run on a "

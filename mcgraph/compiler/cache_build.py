@@ -62,6 +62,7 @@ class StepGraphs:
 
 def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
     """Split the captured graph at the block stack and derive the token-subset stacks."""
+    from mcgraph.passes.frame_groups import find_frame_groups
     from mcgraph.passes.split_stack import SplitStack
     from mcgraph.passes.token_subset import TokenSubsetStack
 
@@ -78,7 +79,9 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
         h_l, *kv = split.stack(*stack_in)
     batch, tokens = h_l.shape[0], h_l.shape[1]
     example_subset = (*stack_in, torch.arange(0, tokens, 2, device=h_l.device), *kv)
-    # before the stack's metadata is refreshed: the subset pass finds the token count by its symbolic size
+    # before the stack's metadata is refreshed: the subset pass finds the token count by its symbolic size, and
+    # which per-frame regroupings it gathers (a refusal names the others)
+    groups = find_frame_groups(split.stack, split.stream_input)
     try:
         subsets = [PassManager([TokenSubsetStack(split, inplace_kv=inplace, example_inputs=example_subset)],
                                dump_dir=dump_dir).run(split.stack).graph_module
@@ -89,7 +92,8 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
         # the rewritten blocks fail on a subset: they regroup or re-size the token axis (a mask built from the
         # token count, a per-frame unflatten): a construct the subset rewrite does not support, named
         cause = exc.reason.removeprefix("crashed with ")[:200]
-        raise _subset_refusal(split.stack, f"the blocks cannot run on a subset of the tokens ({cause})") from exc
+        raise _subset_refusal(split.stack, f"the blocks cannot run on a subset of the tokens ({cause})",
+                              groups) from exc
     # run every split graph once on the example: real shape metadata, and proof that they execute
     propagate(split.prologue, *flat)
     propagate(split.stack, *stack_in)
@@ -97,7 +101,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
     for name, g in (("split_stack.prologue", split.prologue), ("split_stack.stack", split.stack),
                     ("split_stack.epilogue", split.epilogue)):
         verify_graph(g, name)
-    check_subset_rows(subsets[1], split.stack, stack_in)
+    check_subset_rows(subsets[1], split.stack, stack_in, groups)
     input_names = [n.name for n in captured.graph_module.graph.nodes if n.op == "placeholder"]
     return StepGraphs(prologue=split.prologue, stack=split.stack, subset_stack=subsets[0],
                       subset_stack_functional=subsets[1], epilogue=split.epilogue, boundary=split.boundary,
@@ -110,7 +114,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
                       stream_dtype=values[split.stream_input].dtype)
 
 
-def check_subset_rows(subset_stack, stack, stack_in: list) -> None:
+def check_subset_rows(subset_stack, stack, stack_in: list, groups=None) -> None:
     """The token-subset stack must give exactly the full stack's rows for the tokens it runs (given fresh K/V).
 
     The rewrite gathers token rows and keeps every other op as is, which is right only when the blocks treat
@@ -118,7 +122,9 @@ def check_subset_rows(subset_stack, stack, stack_in: list) -> None:
     by `unflatten(1, (frames, -1))`, a convolution over tokens, a mean over tokens) breaks that silently: rows
     land in the wrong frame. Checked on perturbed inputs (every frame and token different, which the example
     need not be: a first call often has one timestep for every frame), on two irregular subsets and on the
-    first tokens, so such a model is refused at build time instead of answering wrong at run time."""
+    first tokens, so such a model is refused at build time instead of answering wrong at run time. `groups`
+    (`frame_groups.find_frame_groups` of the stack): the per-frame regroupings the subset stack gathers, never
+    named as the suspect; what keeps another one from being gathered is."""
     g = torch.Generator().manual_seed(0)
     inputs = [_perturbed(x, g) for x in stack_in]
     with torch.no_grad():
@@ -138,14 +144,14 @@ def check_subset_rows(subset_stack, stack, stack_in: list) -> None:
                 h_sel, *_ = subset_stack(*inputs, index, *[t.clone() for t in kv_full])
         except Exception as exc:  # the regrouping reshape fails outright for most subset sizes
             raise _subset_refusal(stack, f"the blocks cannot run on a subset of {count} of {tokens} tokens "
-                                  f"({type(exc).__name__}: {str(exc)[:160]})") from exc
+                                  f"({type(exc).__name__}: {str(exc)[:160]})", groups) from exc
         want = h_full.index_select(1, index).float()
         error = (h_sel.float() - want).abs().max().item()
         scale = want.abs().max().item() + 1e-6
         if not error <= 1e-3 * scale:
             raise _subset_refusal(stack, f"on a subset of {count} of {tokens} tokens the blocks give other rows "
                                   f"than the full stack (max error {error:.2e}, output scale {scale:.2e}): they mix "
-                                  "tokens outside attention")
+                                  "tokens outside attention", groups)
 
 
 def _perturbed(x, g: torch.Generator):
@@ -158,10 +164,14 @@ def _perturbed(x, g: torch.Generator):
     return x + 0.1 * noise * (x.float().abs().mean().to(x.dtype) + 1e-3)
 
 
-def _subset_refusal(stack, reason: str) -> StructureNotFound:
-    suspects = _regrouping_nodes(stack)
+def _subset_refusal(stack, reason: str, groups=None) -> StructureNotFound:
+    # the regroupings the subset stack gathers by frame run right: the suspect is another one
+    rewritten = groups.rewritten if groups is not None else set()
+    suspects = [n for n in _regrouping_nodes(stack) if n.name not in rewritten]
     hint = ("the first reshape that changes the token axis inside the blocks is named below" if suspects else
             "no token-axis reshape found: look for ops that build masks from, reduce or convolve over the token axis")
+    why = groups.blocked.get(suspects[0].name) if groups is not None and suspects else None
+    hint = f"{hint} ({why})" if why else hint
     return StructureNotFound("token_subset", f"{reason}; {hint}", suspects[0] if suspects else None)
 
 

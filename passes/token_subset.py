@@ -35,7 +35,7 @@ import torch.fx
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.errors import PassError
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
-from mcgraph.compiler.shapes import ATEN, is_symbolic, same_size
+from mcgraph.compiler.shapes import ATEN, is_op, is_symbolic, same_size
 from mcgraph.compiler.structure import ATTENTION
 from mcgraph.passes.frame_groups import FrameGather, find_frame_groups
 from mcgraph.passes.token_grid import JOINT
@@ -64,6 +64,17 @@ def _source_concat(node, joint: dict, depth: int = 16):
             return None
         node = node.args[0]
     return None
+
+
+def _split_subset(node: torch.fx.Node, token_count: int, n_sel) -> None:
+    """A static capture splits a joined sequence by constant sizes (CogVideoX: `[text, 80]`): on a subset the
+    grid's part is the subset's size. Only a split with exactly one part of the token count is rewritten (two
+    would be ambiguous); the build-time rows check refuses whatever this gets wrong."""
+    sizes = list(node.args[1])
+    at = [i for i, size in enumerate(sizes) if isinstance(size, int) and size == token_count]
+    if len(at) == 1:
+        sizes[at[0]] = n_sel
+        node.args = (node.args[0], sizes, *node.args[2:])
 
 
 def joint_rows(index: torch.Tensor, grid: int, before: int, after: int) -> torch.Tensor:
@@ -187,6 +198,8 @@ class TokenSubsetStack(GraphPass):
                 continue
             env[n] = g.node_copy(n, arg_lookup(g, env))
             env[n].meta.pop("val", None)  # sizes differ on the subset; refreshed by shape propagation
+            if not is_symbolic(token_count) and is_op(n, ATEN.split_with_sizes):
+                _split_subset(env[n], int(token_count), n_sel)
             if JOINT in n.meta:
                 joint[n] = self._joint_rows(g, n, env, grid_tokens, index)
         out = next(n for n in src if n.op == "output")

@@ -216,3 +216,48 @@ def _reached(node, hops: int) -> list:
         frontier = [u for n in frontier for u in n.users if u not in seen]
         seen += frontier
     return seen
+
+
+# ------------------------------------------------------------------------------------- traced runtimes
+def _traced_config():
+    return MotionCacheConfig(threshold=0.3, warmup_steps=1, phase1_computes=0, capacity_buckets=(0.5, 1.0),
+                             chunk_frames=1, temporal_voting=False, min_update_ratio=0.0, token_distance="token")
+
+
+def test_onnx_runtime_matches_eager_per_frame(tmp_path):
+    """Exported: the full branch's rows, merged back from frames as F * (L // F), cannot be equated with the
+    state's L inside a cond, so the traced full branch runs the subset graph with every row; ORT makes the same
+    decisions and gives eager's outputs."""
+    import mcgraph.export
+
+    model, kwargs, make_call = CONSTRUCTS["per_frame_modulation"]()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = mcgraph.optimize(model, _traced_config(), (), kwargs)
+        assert opt.step.graphs.regroups_frames
+        records = opt.record_decisions()
+        want = [opt(**make_call(step)) for step in range(5)]
+        info = mcgraph.export.onnx(opt, tmp_path / "per_frame.onnx", example_kwargs=kwargs)
+        session = mcgraph.export.OrtSession(info.path, threads=1)
+        ort_records = session.record_decisions()
+        got = [session(**make_call(step)) for step in range(5)]
+    assert [r.path for r in ort_records] == [r.path for r in records]
+    assert {"full", "subset"} <= {r.path for r in records}
+    assert max((a - b).abs().max().item() for a, b in zip(got, want)) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_matches_eager_per_frame():
+    from torch._dynamo.utils import counters
+
+    model, kwargs, make_call = CONSTRUCTS["per_frame_modulation"]()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = mcgraph.optimize(model, _traced_config(), (), kwargs)
+        want = [opt(**make_call(step)) for step in range(4)]
+        opt.reset_cache()
+        compiled = torch.compile(opt, backend="aot_eager", fullgraph=True, dynamic=False)
+        got = [compiled(**make_call(step)) for step in range(4)]
+    assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-4
+    assert not counters["graph_break"], dict(counters["graph_break"])

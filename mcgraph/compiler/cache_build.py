@@ -45,6 +45,10 @@ class StepGraphs:
     indicator_dim: int = 0
     indicator_dtype: torch.dtype | None = None
     stream_dtype: torch.dtype | None = None
+    # the blocks regroup the token axis into frames (`frame_groups`): the full stack's rows come out as
+    # F * (L // F), which the tracer cannot equate with L inside a cond branch; traced steps run the subset graph
+    # with every row instead (the same values)
+    regroups_frames: bool = False
     _lean: dict = field(default_factory=dict, repr=False, compare=False)
 
     def run(self, name: str, *args):
@@ -108,6 +112,7 @@ def build_step_graphs(captured: CapturedGraph, dump_dir=None) -> StepGraphs:
                       stack_inputs=split.stack_inputs, epilogue_inputs=split.epilogue_inputs,
                       stream_input=split.stream_input, input_names=input_names, stream_dim=h_l.shape[-1],
                       kv_example_shapes=[tuple(t.shape) for t in kv], example_batch=batch,
+                      regroups_frames=bool(groups.groups),
                       kv_dtype=kv[0].dtype if kv else h_l.dtype,
                       kv_floats_per_token=sum(t.numel() for t in kv) // max(1, batch * tokens),
                       indicator_dim=pro[-1].shape[-1], indicator_dtype=pro[-1].dtype,

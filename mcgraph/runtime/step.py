@@ -258,8 +258,12 @@ class CacheStep:
                 torch.zeros(h0.shape[1], dtype=torch.bool, device=h0.device), count(0),
                 *[t.clone() if copy else t for t in kv])
 
-    def _full(self, stack_in, h0, count, tokens: int):
-        h_l, *kv_new = self.graphs.run("stack", *stack_in)
+    def _full(self, stack_in, h0, count, tokens: int, kv_like=None):
+        if kv_like is not None and self.graphs.regroups_frames:  # traced: see StepGraphs.regroups_frames
+            every = torch.arange(h0.shape[1], device=h0.device)
+            h_l, *kv_new = self.graphs.run("subset_stack_functional", *stack_in, every, *kv_like)
+        else:
+            h_l, *kv_new = self.graphs.run("stack", *stack_in)
         return (h_l, h_l - h0, torch.ones(h0.shape[1], dtype=torch.bool, device=h0.device), count(tokens), *kv_new)
 
     def _subset(self, index, front: Front, stack_in, h0, res, kv, count, inplace: bool):

@@ -118,8 +118,10 @@ def execute_traced(step, decision: Decision, front, state: dict, buckets):
         return _dense(*step._skip(h0, res, kv_, count_like(sel), copy=True))
 
     def full(*ops):
-        sel, _, h0, _, _, stack_in = unpack(ops)
-        return _dense(*step._full(stack_in, h0, count_like(sel), tokens))
+        # a token axis merged back from frames inside the blocks (`F * (L // F)` rows) is L to the tracer only
+        # after a reshape to the state's shape, and cond's branches must agree on their outputs' shapes
+        sel, _, h0, _, kv_, stack_in = unpack(ops)
+        return _dense(*step._full(stack_in, h0, count_like(sel), tokens, kv_like=kv_))
 
     def subset(k):
         def run(*ops):

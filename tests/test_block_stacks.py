@@ -24,7 +24,8 @@ from .test_construct_table import _subset_err
 
 TOL = 1e-5
 # no warm-up, voting or minimum update in the way: the reuse decision alone picks the tokens
-SUBSET = dict(warmup_steps=1, phase1_computes=0, temporal_voting=False, min_update_ratio=0.0, force_final_step=False)
+SUBSET = dict(warmup_steps=1, phase1_computes=0, temporal_voting=False, min_update_ratio=0.0, force_final_step=False,
+              subset_cost_model=False)  # the timed cost model may send a loaded machine down the full path
 
 
 def _optimized(model, kwargs, config):

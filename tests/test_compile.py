@@ -140,3 +140,28 @@ def test_backend_compiles_its_step_once():
         with torch._dynamo.config.patch(error_on_recompile=True):
             for i in range(1, 3):
                 compiled(**dict(kw, hidden_states=kw["hidden_states"] + 0.01 * i, timesteps=kw["timesteps"] - 10 * i))
+
+
+@pytest.mark.slow
+def test_backend_with_inductor_on_a_transposed_stream():
+    """diffusers' Wan crashed on its first call with the backend and Inductor: the stream leaves the patch
+    embedding transposed (`x.flatten(2).transpose(1, 2)`), Inductor kept that layout for the value it hands a
+    `torch.cond` branch, and the branch, compiled for the traced (dense) strides, asserted them. Two branches (a
+    token budget) keep the compile short."""
+    import mcgraph
+    from mcgraph.zoo.subjects import wan_subject
+
+    subject = wan_subject("tiny")
+    model, kwargs = subject.model, subject.kwargs
+    noise = torch.randn(kwargs["hidden_states"].shape, generator=torch.Generator().manual_seed(0))
+    calls = [dict(kwargs, hidden_states=kwargs["hidden_states"] + 0.05 * step * noise,
+                  timestep=torch.tensor([900 - 100 * step])) for step in range(3)]
+    config = MotionCacheConfig(token_budget=0.5, warmup_steps=1, chunk_frames=1)
+    with torch.no_grad():
+        opt = mcgraph.optimize(model, config, (), kwargs)
+        want = [opt(**call)[0] for call in calls]
+        compiled = torch.compile(model, backend="mcgraph", dynamic=True,
+                                 options={"config": config, "backend": "inductor"})
+        mcgraph.reset_cache()
+        got = [compiled(**call)[0] for call in calls]
+    assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-4

@@ -76,6 +76,12 @@ def _dense(*outs):
     return tuple(t.contiguous() for t in outs)
 
 
+def _fixed_dense(t: torch.Tensor) -> torch.Tensor:
+    """A dense copy of `t` whose layout a compiler keeps (see `execute_traced`)."""
+    dense = t.clone(memory_format=torch.contiguous_format)
+    return dense.as_strided(dense.shape, dense.stride())
+
+
 def execute_traced(step, decision: Decision, front, state: dict, buckets):
     """The traced step's execution (`CacheStep.execute_traced`): the same branches as `execute_eager`, chosen by
     a balanced `torch.cond` tree over static buckets; with a token budget, two branches: the budget, or the full
@@ -101,8 +107,13 @@ def execute_traced(step, decision: Decision, front, state: dict, buckets):
         branch = (need > 0).long() + sum((need > k).long() for k in sizes)
     else:
         branch = (required.sum() > budget).long()
-    operands = (branch, selected, acc, front.h0, state["residual"], *kv,
-                *[front.stack_in[i] for i in tensor_slots])
+    # the stream in a fixed dense layout: Inductor compiles each branch for the strides its operands had when
+    # traced and asserts them at run time, but lays out a value computed in the same graph as it likes (diffusers'
+    # Wan: the stream stayed transposed from the patch embedding and failed the assertion). A clone alone is
+    # elided; `as_strided` fixes its input's layout. The stack input that is the stream gets the same tensor.
+    h0 = _fixed_dense(front.h0)
+    stack_in = [h0 if front.stack_in[i] is front.h0 else front.stack_in[i] for i in tensor_slots]
+    operands = (branch, selected, acc, h0, state["residual"], *kv, *stack_in)
 
     def unpack(ops):
         stack_in = list(front.stack_in)

@@ -1,4 +1,5 @@
-"""Where a benchmark ran: versions, CPU model, git commit, checkpoint (stored in every result JSON)."""
+"""Where a benchmark ran: versions, CPU model, git commit, checkpoint (stored in every result JSON): the
+environment sections of bench.json, runtime_bench.json and peers.json."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_environment", "cpu_model", "git_commit", "mcgraph_version", "runtime_environment"]
+__all__ = ["bench_environment", "cpu_model", "git_commit", "mcgraph_version", "optional_version", "peer_environment",
+           "runtime_environment"]
 
 
 def mcgraph_version() -> str:
@@ -43,7 +45,8 @@ def git_commit() -> str | None:
     return None
 
 
-def _optional_version(module: str) -> str | None:
+def optional_version(module: str) -> str | None:
+    """`module.__version__`, or None when the (optional) module is not installed."""
     try:
         return __import__(module).__version__
     except Exception:  # optional
@@ -71,7 +74,7 @@ def bench_environment(threads, weights_path: Path) -> dict:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "git_commit": git_commit(),
     }
-    env["diffusers"] = _optional_version("diffusers")
+    env["diffusers"] = optional_version("diffusers")
     info = {}
     try:
         info = read_metadata(weights_path).get("info", {})
@@ -89,4 +92,16 @@ def runtime_environment(threads: int, weights: Path) -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "mcgraph": mcgraph_version(),
             "cpu": cpu_model(), "threads": threads, "git_commit": git_commit(), "weights": str(weights),
-            "onnxruntime": _optional_version("onnxruntime")}
+            "onnxruntime": optional_version("onnxruntime")}
+
+
+def peer_environment(threads) -> dict:
+    """The environment section of peers.json (`mcgraph bench --peers-only`; `threads`: the thread counts timed)."""
+    import numpy
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "diffusers": optional_version("diffusers"), "mcgraph": mcgraph_version(), "git_commit": git_commit(),
+            "platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count() or 1,
+            "threads": list(threads), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -4,6 +4,8 @@
 - `BenchSettings` / `quick_settings`: the policy sweep of `mcgraph bench` (`mcgraph.bench.run`), with its two
   controls (`CONTROLS`): "placebo" (MotionCache with its motion weights permuted within each frame) and
   "oracle" (the full stack every call, refreshing the tokens whose true residual changed most).
+  Its `peer_*` fields (the peer comparison, `mcgraph bench --peers`) are defined and checked in
+  `mcgraph.bench.peer_settings`.
 - `SweepConfig` / `sweep_configs`: one configuration of that sweep (policy x threshold x motion source, or
   oracle x fraction).
 - `make_cache_config`: policy name + threshold (+ motion source, buckets) -> an mcgraph cache config.
@@ -20,13 +22,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from mcgraph.bench.peer_settings import (
+    DEFAULT_PEER_MODEL,
+    QUICK_PEER_THRESHOLDS,
+    check_peer_settings,
+    default_peer_thresholds,
+    peer_thresholds_json,
+)
 from mcgraph.config import MOTION_SOURCES
 
 __all__ = ["BENCH_POLICIES", "CACHE_POLICIES", "COMPILE_BACKENDS", "CONTROLS", "DEFAULT_MATCH_FRACTIONS",
            "DEFAULT_ORACLE_FRACTIONS", "DEFAULT_SEEDS", "DEFAULT_THRESHOLDS", "MOTION_SOURCES", "POLICIES",
-           "QUICK_THRESHOLDS", "RUNTIMES", "BenchSettings", "RuntimeBenchSettings", "ScheduleSettings", "SettingsError", "SweepConfig",
-           "describe_config", "make_cache_config", "parse_buckets", "quick_runtime_settings", "quick_settings",
-           "sweep_configs"]
+           "QUICK_THRESHOLDS", "RUNTIMES", "BenchSettings", "RuntimeBenchSettings", "ScheduleSettings",
+           "SettingsError", "SweepConfig", "describe_config", "make_cache_config", "parse_buckets",
+           "quick_runtime_settings", "quick_settings", "sweep_configs"]
 
 POLICIES = ("none", "teacache", "flowcache", "motioncache")
 CACHE_POLICIES = ("teacache", "flowcache", "motioncache")
@@ -88,11 +97,6 @@ class ScheduleSettings:
 
 
 # ---------------------------------------------------------------------------------------- the sweep
-def _default_peer_thresholds() -> dict:
-    return {"first_block_cache": (0.05, 0.1, 0.2), "pyramid_attention_broadcast": (2, 3), "taylorseer": (3, 5),
-            "teacache": (0.1, 0.2), "flowcache": (0.1, 0.2), "motioncache": (0.1, 0.2)}
-
-
 @dataclass
 class BenchSettings(ScheduleSettings):
     """Everything that defines a benchmark run (stored verbatim in the JSON)."""
@@ -105,9 +109,9 @@ class BenchSettings(ScheduleSettings):
     threads: tuple[int, ...] = (1,)
     weights: str | None = None
     peers: bool = False
-    peer_model: str = "wan-bench"  # "wan-tiny" (diffusers test size) or "wan-bench" (reference-model size)
+    peer_model: str = DEFAULT_PEER_MODEL  # one of PEER_MODELS (`mcgraph.bench.peer_settings`)
     peer_steps: int = 50
-    peer_thresholds: dict[str, tuple[float, ...]] = field(default_factory=_default_peer_thresholds)
+    peer_thresholds: dict[str, tuple[float, ...]] = field(default_factory=default_peer_thresholds)
     quick: bool = False
     oracle_fractions: tuple[float, ...] = DEFAULT_ORACLE_FRACTIONS
     match_fractions: tuple[float, ...] = DEFAULT_MATCH_FRACTIONS
@@ -144,13 +148,12 @@ class BenchSettings(ScheduleSettings):
                                  f"{list(CACHE_POLICIES)}")
             if any(v < 0 or not math.isfinite(v) for v in values):
                 raise ValueError(f"thresholds of {policy} must be finite and >= 0, got {values}")
-        if self.peer_model not in ("wan-tiny", "wan-bench"):
-            raise ValueError(f"peer_model must be 'wan-tiny' or 'wan-bench', got {self.peer_model!r}")
+        self.peer_thresholds = check_peer_settings(self.peer_model, self.peer_steps, self.peer_thresholds)
 
     def to_json(self) -> dict:
         d = self.json_fields(after="seeds")
         d["thresholds"] = {k: list(v) for k, v in self.thresholds.items()}
-        d["peer_thresholds"] = {k: list(v) for k, v in self.peer_thresholds.items()}
+        d["peer_thresholds"] = peer_thresholds_json(self.peer_thresholds)
         for k in ("seeds", "policies", "motion_sources", "threads", "oracle_fractions", "match_fractions"):
             d[k] = list(d[k])
         return d
@@ -162,8 +165,7 @@ def quick_settings(**overrides) -> BenchSettings:
     for peers."""
     base = dict(seeds=(0,), steps=16, frames=12, window_frames=8, overlap_frames=4, thresholds=dict(QUICK_THRESHOLDS),
                 motion_sources=("hidden",), repeats=1, peer_model="wan-tiny", peer_steps=10,
-                peer_thresholds={"first_block_cache": (0.1,), "pyramid_attention_broadcast": (2,),
-                                 "taylorseer": (3,), "flowcache": (0.1,), "motioncache": (0.1,)},
+                peer_thresholds=dict(QUICK_PEER_THRESHOLDS),
                 oracle_fractions=(0.2, 0.6), quick=True)
     base.update(overrides)
     return BenchSettings(**base)

@@ -244,20 +244,3 @@ def test_onnx_runtime_matches_eager_per_frame(tmp_path):
     assert [r.path for r in ort_records] == [r.path for r in records]
     assert {"full", "subset"} <= {r.path for r in records}
     assert max((a - b).abs().max().item() for a, b in zip(got, want)) <= 1e-5
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("fresh_dynamo")
-def test_compiled_matches_eager_per_frame():
-    from torch._dynamo.utils import counters
-
-    model, kwargs, make_call = CONSTRUCTS["per_frame_modulation"]()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        opt = mcgraph.optimize(model, _traced_config(), (), kwargs)
-        want = [opt(**make_call(step)) for step in range(4)]
-        opt.reset_cache()
-        compiled = torch.compile(opt, backend="aot_eager", fullgraph=True, dynamic=False)
-        got = [compiled(**make_call(step)) for step in range(4)]
-    assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-4
-    assert not counters["graph_break"], dict(counters["graph_break"])

@@ -123,7 +123,7 @@ def test_traced_step_matches_eager_step(name, budget):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("fresh_dynamo")
-@pytest.mark.parametrize("name", JOINT)
+@pytest.mark.parametrize("name", JOINT[:2])  # chained_stacks' traced step: checked through ONNX below (36 s less)
 def test_compiled_matches_eager(name):
     model, opt, kwargs = _optimized(name, MotionCacheConfig(**SUBSET_CONFIG, capacity_buckets=(0.25, 0.5, 1.0)))
     calls = [kwargs, _frame_changed(kwargs, 1, 0), _frame_changed(kwargs, 2, 1)]

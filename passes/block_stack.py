@@ -24,7 +24,7 @@ import torch.fx
 from mcgraph.errors import PassError, StructureNotFound
 from mcgraph.compiler.graph_walk import ancestors, indexed_module
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
-from mcgraph.compiler.shapes import ATEN, is_op, shape
+from mcgraph.compiler.shapes import ATEN, dim_arg, is_op, shape
 from mcgraph.compiler.structure import ATTENTION, BLOCK, TOKEN_DIMS, BlockInfo, structure_of
 
 # ops that hand the stream on unchanged in kind: casts and copies (Wan's `(x.float() + y).type_as(x)`)
@@ -45,19 +45,12 @@ def _carries(user: torch.fx.Node, value: torch.fx.Node) -> bool:
     if is_op(user, ATEN.add):
         return value in user.args[:2]
     if is_op(user, ATEN.cat):
-        return value in user.args[0] and _dim(user) == 1
+        return value in user.args[0] and dim_arg(user) == 1
     if is_op(user, ATEN.slice):
-        return user.args[0] is value and _dim(user) == 1
+        return user.args[0] is value and dim_arg(user) == 1
     if is_op(user, ATEN.sub, *_CARRY):
         return bool(user.args) and user.args[0] is value
     return False
-
-
-def _dim(node: torch.fx.Node) -> int:
-    """The dim argument of a cat / slice, non-negative."""
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    rank = len(shape(node) or ()) or 3
-    return dim % rank
 
 
 def _residual_reach(start: torch.fx.Node, inside: set[torch.fx.Node]) -> set[torch.fx.Node]:
@@ -170,6 +163,7 @@ class BlockStackAnalysis(GraphPass):
         """The blocks of one module list as chain links `(module, cls, nodes, stream in, stream out)`. With a
         `chain`, the first block must continue its stream (else None: this list starts a chain of its own)."""
         links = []
+        upstream = {n for link in chain or () for n in link[2]}  # this chain's blocks so far
         for j, (idx, cls, nodes) in enumerate(members):
             module = f"{container}.{idx}"
             prev = links[-1] if links else chain[-1] if chain else None
@@ -180,9 +174,9 @@ class BlockStackAnalysis(GraphPass):
                     return None
                 raise
             if prev is not None:
-                upstream = {n for link in (*(chain or ()), *links) for n in link[2]}  # this chain's blocks so far
                 self._check_between(prev[0], module, prev[4], stream_in, all_blocks, upstream, order)
             links.append((module, cls, nodes, stream_in, stream_out))
+            upstream.update(nodes)
         return links
 
     def _stacks(self, gm: torch.fx.GraphModule, order: dict) -> list[tuple[str, list[tuple[int, str, list]]]]:

@@ -25,7 +25,7 @@ import torch
 import torch.fx
 
 from mcgraph.errors import PassError
-from mcgraph.compiler.graph_walk import PASS_THROUGH
+from mcgraph.compiler.graph_walk import PASS_THROUGH, along_first_operands
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
 from mcgraph.compiler.shapes import ATEN, is_op
 from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, structure_of
@@ -191,16 +191,6 @@ def _per_token(node: torch.fx.Node) -> bool:
     return node.meta.get(TOKEN_DIMS) == (1,) and len(node.meta["val"].shape) == 3
 
 
-def _per_token_source(node: torch.fx.Node, depth: int = 8) -> torch.fx.Node:
-    """`node`, or the [B, tokens, D] value it is computed from along first operands: a grid part joined after
-    the head split ([B, heads, tokens, d], MMDiT) comes from the projection of the block's per-token input."""
-    for _ in range(depth):
-        if _per_token(node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
-            return node
-        node = node.args[0]
-    return node
-
-
 class SplitStack(GraphPass):
     name = "split_stack"
 
@@ -284,7 +274,10 @@ class SplitStack(GraphPass):
         site0 = next(a for a in st.self_attention if a.block == 0)
         indicator = by_name[site0.query_input]
         if st.grid.joint == "attention":  # the sequence concatenates other tokens in the block: its grid part
-            indicator = _per_token_source(by_name[st.grid.grid_value])
+            # joined after the head split ([B, heads, tokens, d], MMDiT): the per-token [B, tokens, D] value the
+            # grid part is projected from
+            grid_part = by_name[st.grid.grid_value]
+            indicator = along_first_operands(grid_part, _per_token, 9) or grid_part
         if not _per_token(indicator):
             self.fail("block 0's self-attention input is not a [B, tokens, D] value", indicator)
         return indicator

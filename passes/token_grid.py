@@ -30,9 +30,9 @@ import torch
 import torch.fx
 
 from mcgraph.errors import PassError, StructureNotFound
-from mcgraph.compiler.graph_walk import ancestors, placeholders_of
+from mcgraph.compiler.graph_walk import along_first_operands, ancestors, placeholders_of
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
-from mcgraph.compiler.shapes import ATEN, example_int, is_op, is_symbolic, same_size, size_str
+from mcgraph.compiler.shapes import ATEN, dim_arg, example_int, is_op, is_symbolic, same_size, size_str
 from mcgraph.compiler.structure import ATTENTION, TOKEN_DIMS, TokenGrid, structure_of
 from mcgraph.passes.grid_match import find_grid, formula, plain_shape, size_reader
 
@@ -92,10 +92,10 @@ class TokenGridAnalysis(GraphPass):
         supported (the concatenations disagree), or no embedding."""
         for node in gm.graph.nodes:
             parts = _concat_parts(node, token_count)
-            video = [p for p in parts if find_grid(gm, plain_shape(p)[_cat_dim(node)]) is not None]
+            video = [p for p in parts if find_grid(gm, plain_shape(p)[dim_arg(node)]) is not None]
             if len(video) != 1:
                 continue
-            dim = _cat_dim(node)
+            dim = dim_arg(node)
             others = " + ".join(_describe_tokens(p, dim) for p in parts if p is not video[0])
             self.fail(f"the self-attention sequence ({size_str(token_count)} tokens) is {others} + the video "
                       f"grid's {size_str(plain_shape(video[0])[dim])} tokens, concatenated at {node.name!r}, but the "
@@ -138,7 +138,7 @@ def _joint_candidate(gm, node, seq_len, grids: dict) -> tuple | None:
     parts = _concat_parts(node, seq_len)
     if not parts or len(parts) != len(node.args[0]):
         return None
-    dim = _cat_dim(node)
+    dim = dim_arg(node)
     sizes = [plain_shape(p)[dim] for p in parts]
     for size in sizes:
         if size_str(size) not in grids:
@@ -158,27 +158,25 @@ def find_joint(gm, seq_len, sites) -> JointMatch | None:
     found = {n: c for n in gm.graph.nodes if (c := _joint_candidate(gm, n, seq_len, grids)) is not None}
     if not found or not sites:
         return None
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     nearest = [_nearest(site.args[0], found) for site in sites]
     per_block = (len(sites) > 1 and all(nearest)
                  and sum(map(len, nearest)) == len(set().union(*nearest)))  # no two sites share a concatenation
     if per_block:
         for site, near in zip(sites, nearest):
             near |= _nearest(site.args[1], found) | _nearest(site.args[2], found)
-        first = _along_first_operands(sites[0].args[0], nearest[0]) or min(nearest[0], key=_order(gm).__getitem__)
-        concats = [first, *sorted(set().union(*nearest) - {first}, key=_order(gm).__getitem__)]
+        # the join that carries the query's own rows comes first (its grid part is the indicator's source)
+        first = along_first_operands(sites[0].args[0], nearest[0].__contains__, 24) or min(nearest[0], key=order.get)
+        concats = [first, *sorted(set().union(*nearest) - {first}, key=order.get)]
     else:
         if not nearest[0] or any(near != nearest[0] for near in nearest):
             return None
-        concats = sorted(nearest[0], key=_order(gm).__getitem__)
+        concats = sorted(nearest[0], key=order.get)
     index, grid_size, offset, extra = found[concats[0]]
     if not all(same_size(found[c][2], offset) and same_size(found[c][3], extra) for c in concats):
         return None
     return JointMatch(concats, index, concats[0].args[0][index], grid_size, offset, extra, per_block,
                       [found[c][0] for c in concats])
-
-
-def _order(gm) -> dict:
-    return {n: i for i, n in enumerate(gm.graph.nodes)}
 
 
 def _nearest(start: torch.fx.Node, found: dict) -> set:
@@ -195,29 +193,12 @@ def _nearest(start: torch.fx.Node, found: dict) -> set:
     return near
 
 
-def _along_first_operands(node, concats: set, depth: int = 24):
-    """The concatenation among `concats` that `node` is computed from along first operands (projection, norm,
-    modulation, head split), or None: the one that carries the query's own rows."""
-    for _ in range(depth):
-        if node in concats:
-            return node
-        if not isinstance(node, torch.fx.Node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
-            return None
-        node = node.args[0]
-    return None
-
-
-def _cat_dim(node: torch.fx.Node) -> int:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    return dim % len(plain_shape(node))
-
-
 def _concat_parts(node: torch.fx.Node, token_count) -> list[torch.fx.Node]:
     """The inputs of a concatenation whose output length along its dim is the token count, else []."""
     if not is_op(node, ATEN.cat) or plain_shape(node) is None:
         return []
     parts = [p for p in node.args[0] if isinstance(p, torch.fx.Node) and plain_shape(p) is not None]
-    dim = _cat_dim(node)
+    dim = dim_arg(node)
     return parts if len(parts) > 1 and same_size(plain_shape(node)[dim], token_count) else []
 
 

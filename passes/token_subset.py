@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from mcgraph.compiler.graph_walk import along_first_operands
 from mcgraph.compiler.meta_prop import propagate
 from mcgraph.errors import PassError
 from mcgraph.compiler.pass_infra import GraphPass, PassResult
-from mcgraph.compiler.shapes import ATEN, is_op, is_symbolic, same_size
+from mcgraph.compiler.shapes import ATEN, dim_arg, is_op, is_symbolic, same_size
 from mcgraph.compiler.structure import ATTENTION
 from mcgraph.passes.frame_groups import FrameGather, find_frame_groups
 from mcgraph.passes.token_grid import JOINT
@@ -52,18 +53,6 @@ class TokenSubset:
 def _is_token_count(val, token_count) -> bool:
     """A symbolic size provably equal to the stack's token count (it becomes the subset's size)."""
     return isinstance(val, torch.SymInt) and is_symbolic(val) and same_size(val, token_count)
-
-
-def _source_concat(node, joint: dict, depth: int = 16):
-    """The per-block concatenation a K (or V) input is computed from, following first operands (projection,
-    head split, transpose, rotary update), or None."""
-    for _ in range(depth):
-        if node in joint:
-            return node
-        if not isinstance(node, torch.fx.Node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
-            return None
-        node = node.args[0]
-    return None
 
 
 def _split_subset(node: torch.fx.Node, token_count: int, n_sel) -> None:
@@ -131,8 +120,7 @@ class TokenSubsetStack(GraphPass):
     def _joint_rows(self, g, n, env, grid_tokens, index):
         """A concatenation of the grid's (gathered) tokens with other tokens in a block (joint attention): the
         cache rows its subset sequence fills, `joint_rows` over the full grid size."""
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        dim = dim % n.meta["val"].dim()
+        dim = dim_arg(n)
         before, after, at = 0, 0, n.meta[JOINT]
         for i, part in enumerate(n.args[0]):
             if i != at:
@@ -187,7 +175,8 @@ class TokenSubsetStack(GraphPass):
                 env[n] = n_sel
                 continue
             if ATTENTION in n.meta and n.meta[ATTENTION].kind == "self":
-                cat = _source_concat(n.args[1], joint)
+                # the per-block join K is computed from (projection, head split, transpose, rotary update)
+                cat = along_first_operands(n.args[1], joint.__contains__, 16)
                 new_caches += self._attention(g, n, env, caches[len(new_caches) // 2],
                                               index if cat is None else joint[cat])
                 continue

@@ -45,6 +45,20 @@ def find_producer(start: torch.fx.Node, match: Callable[[torch.fx.Node], bool], 
     return None
 
 
+def along_first_operands(node, stop: Callable[[torch.fx.Node], bool], depth: int) -> torch.fx.Node | None:
+    """The first node, `node` itself included, that `stop` accepts, following each node's first operand (a
+    projection's input, a norm's, a head split's) at most `depth` steps; None when the chain ends first."""
+    for _ in range(depth):
+        if not isinstance(node, torch.fx.Node):
+            return None
+        if stop(node):
+            return node
+        if not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return None
+        node = node.args[0]
+    return None
+
+
 def is_projection(node: torch.fx.Node) -> bool:
     return is_op(node, *PROJECTIONS)
 

@@ -45,6 +45,14 @@ def example_int(size: Any) -> int:
     return int(size)
 
 
+def dim_arg(node: torch.fx.Node) -> int:
+    """The `dim` argument of a cat / slice / split node (second positional, or keyword; default 0), made
+    non-negative by the rank of the node's value."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    rank = len(shape(node) or ())
+    return dim % rank if rank else dim
+
+
 def is_op(node: torch.fx.Node, *packets) -> bool:
     """node calls one of the given aten op packets (any overload), e.g. is_op(n, ATEN.linear)."""
     if node.op != "call_function":
